@@ -1,0 +1,53 @@
+# cnnlab make targets. `make train` and `make test` create the virtual environment on first use.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+ARGS   ?=
+STAMP  := $(VENV)/.installed
+
+.PHONY: install train test test-all sweep eval export predict tensorboard lint format clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	# torch first, pinned to the release this project is developed on; the package's ranges admit it
+	$(PY) -m pip install "torch==2.14.1" "torchvision==0.29.1"
+	$(PY) -m pip install -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP) ## create .venv and install cnnlab (editable, with dev extras)
+
+train: $(STAMP) ## train the default recipe (simple CNN on the embedded digits); extra overrides via ARGS=
+	$(PY) train.py $(ARGS)
+
+test: $(STAMP) ## the fast test suite
+	$(PY) -m pytest -m "not slow" -n 2 $(ARGS)
+
+test-all: $(STAMP) ## every test, slow ones included
+	$(PY) -m pytest -n 2 $(ARGS)
+
+sweep: $(STAMP) ## a small example multirun: 2 models x 2 optimizers on digits
+	$(PY) train.py -m model=mlp,simple_cnn optimizer=sgd,adam $(ARGS)
+
+eval: $(STAMP) ## evaluate a checkpoint: make eval CKPT=outputs/.../checkpoints/best.ckpt
+	$(PY) -m cnnlab.evaluate ckpt_path=$(CKPT) $(ARGS)
+
+export: $(STAMP) ## export a checkpoint to TorchScript: make export CKPT=... [OUT=dir]
+	$(PY) -m cnnlab.export $(CKPT) $(if $(OUT),--out $(OUT),)
+
+predict: $(STAMP) ## top-k classes for images: make predict MODEL=export/model.pt IMAGES="a.png b.jpg"
+	$(PY) -m cnnlab.predict $(MODEL) $(IMAGES)
+
+tensorboard: $(STAMP) ## TensorBoard over every run under outputs/
+	$(VENV)/bin/tensorboard --logdir outputs --bind_all
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check src tests scripts train.py
+	$(VENV)/bin/ruff format --check src tests scripts train.py
+
+format: $(STAMP)
+	$(VENV)/bin/ruff check --fix src tests scripts train.py
+	$(VENV)/bin/ruff format src tests scripts train.py
+
+clean:
+	rm -rf outputs/* .pytest_cache .ruff_cache lightning_logs
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -1,0 +1,1 @@
+"""Lightning callbacks: figures for TensorBoard, fine-tuning schedules."""

@@ -1,0 +1,104 @@
+"""Figures a person would rather look at than read: confusion matrix and sample predictions at test time."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import lightning.pytorch as L
+import matplotlib
+
+matplotlib.use("Agg")  # figures are written to files and TensorBoard, never shown
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+from lightning.pytorch.loggers import TensorBoardLogger  # noqa: E402
+from torch import Tensor  # noqa: E402
+from torchmetrics.classification import MulticlassConfusionMatrix  # noqa: E402
+
+
+def tensorboard(trainer: L.Trainer) -> Any | None:
+    """The TensorBoard SummaryWriter of the run, or None when TensorBoard is not among its loggers."""
+    for logger in trainer.loggers:
+        if isinstance(logger, TensorBoardLogger):
+            return logger.experiment
+    return None
+
+
+class ClassificationFigures(L.Callback):
+    """Logs a confusion matrix and a grid of test images titled with prediction and truth."""
+
+    def __init__(self, num_samples: int = 32, max_classes: int = 60) -> None:
+        self.num_samples, self.max_classes = num_samples, max_classes
+        self.confmat: MulticlassConfusionMatrix | None = None
+        self.samples: list[tuple[Tensor, int, int]] = []
+
+    def on_test_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        num_classes = len(pl_module.contract.get("class_names", [])) or pl_module.hparams.num_classes
+        self.confmat = MulticlassConfusionMatrix(num_classes).to(pl_module.device)
+        self.samples = []
+
+    def on_test_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        images, labels = batch
+        preds = outputs["logits"].argmax(1)
+        assert self.confmat is not None
+        self.confmat.update(preds, labels)
+        for image, pred, label in zip(images, preds, labels):
+            if len(self.samples) >= self.num_samples:
+                break
+            self.samples.append((image.detach().cpu(), int(pred), int(label)))
+
+    def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        assert self.confmat is not None
+        matrix = self.confmat.compute().cpu()
+        writer = tensorboard(trainer)
+        if writer is None or not trainer.is_global_zero:
+            return
+        names = pl_module.contract.get("class_names") or [str(i) for i in range(matrix.shape[0])]
+        step = trainer.global_step
+        if matrix.shape[0] <= self.max_classes:
+            writer.add_figure("test/confusion_matrix", confusion_figure(matrix, names), step)
+        contract = pl_module.contract
+        writer.add_figure("test/predictions", predictions_figure(self.samples, names, contract), step)
+
+
+def confusion_figure(matrix: Tensor, names: list[str]) -> plt.Figure:
+    """A row-normalised confusion matrix with counts, true classes on rows."""
+    n = matrix.shape[0]
+    rates = matrix.float() / matrix.sum(1, keepdim=True).clamp_min(1)
+    fig, ax = plt.subplots(figsize=(max(4, 0.45 * n + 2), max(4, 0.45 * n + 1.5)))
+    ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
+    ax.set(xticks=range(n), yticks=range(n), xlabel="predicted", ylabel="true")
+    ax.set_xticklabels(names, rotation=90, fontsize=7)
+    ax.set_yticklabels(names, fontsize=7)
+    if n <= 20:
+        for i in range(n):
+            for j in range(n):
+                ax.text(j, i, int(matrix[i, j]), ha="center", va="center", fontsize=7,
+                        color="white" if rates[i, j] > 0.5 else "black")
+    fig.tight_layout()
+    return fig
+
+
+def denormalize(image: Tensor, mean: list[float], std: list[float]) -> Tensor:
+    """Undo ``Normalize`` for display: an image in [0, 1], channels last."""
+    if mean and std:
+        image = image * torch.tensor(std).view(-1, 1, 1) + torch.tensor(mean).view(-1, 1, 1)
+    return image.clamp(0, 1).permute(1, 2, 0)
+
+
+def predictions_figure(samples: list[tuple[Tensor, int, int]], names: list[str], contract: dict[str, Any]) -> plt.Figure:
+    """A grid of images titled 'prediction (truth)', green when right and red when wrong."""
+    cols = min(8, max(1, len(samples)))
+    rows = max(1, math.ceil(len(samples) / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(1.6 * cols, 1.8 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, (image, pred, label) in zip(axes.flat, samples):
+        shown = denormalize(image, contract.get("mean", []), contract.get("std", []))
+        ax.imshow(shown.squeeze(-1) if shown.shape[-1] == 1 else shown, cmap="gray")
+        ax.set_title(f"{names[pred]} ({names[label]})", fontsize=7, color="green" if pred == label else "red")
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,1 @@
+"""Datamodules, datasets and transforms."""

@@ -1,0 +1,241 @@
+"""The base of every image-classification datamodule: splits, statistics, transforms and loaders.
+
+A subclass says where its images come from (``load_split``) and, when it downloads, how (``download``); the
+base carves a seeded validation split from the training pool, computes normalisation statistics on the
+training split when the config gives none, builds the transforms and serves the loaders.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as L
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler, Subset
+
+from cnnlab.data import transforms as T
+
+log = logging.getLogger(__name__)
+
+
+class TransformedDataset(Dataset):
+    """Applies an image transform to the (image, label) items of another dataset."""
+
+    def __init__(self, source: Dataset, transform: Any) -> None:
+        self.source, self.transform = source, transform
+
+    def __len__(self) -> int:
+        return len(self.source)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        image, label = self.source[index]
+        return self.transform(image), int(label)
+
+
+class EpochSampler(Sampler[int]):
+    """A random order fixed by (seed, epoch), so a resumed run sees the batches an uninterrupted one would."""
+
+    def __init__(self, length: int, seed: int) -> None:
+        self.length, self.seed, self.epoch = length, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[int]:
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        return iter(torch.randperm(self.length, generator=generator).tolist())
+
+    def __len__(self) -> int:
+        return self.length
+
+
+class ImageClassificationDataModule(L.LightningDataModule):
+    """Shared behaviour of the classification datamodules; subclasses implement ``load_split``."""
+
+    task = "classification"
+
+    def __init__(
+        self,
+        *,
+        num_classes: int,
+        in_channels: int,
+        image_size: int,
+        resize_size: int | None = None,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+        root: str | os.PathLike | None = None,
+        batch_size: int = 64,
+        num_workers: int = 0,
+        val_fraction: float = 0.1,
+        seed: int = 0,
+        augmentation: T.AugmentationFactory | None = None,
+        pin_memory: bool = False,
+    ) -> None:
+        super().__init__()
+        if not 0.0 < val_fraction < 1.0:
+            raise ValueError(f"data.val_fraction must lie strictly between 0 and 1, got {val_fraction}")
+        if (mean is None) != (std is None):
+            raise ValueError("data.mean and data.std go together: set both or neither")
+        self.root = Path(root).expanduser() if root is not None else None
+        self.num_classes = int(num_classes)
+        self.in_channels = int(in_channels)
+        self.image_size = int(image_size)
+        self.resize_size = int(resize_size or image_size)
+        self.mean = list(mean) if mean is not None else None
+        self.std = list(std) if std is not None else None
+        self.batch_size, self.num_workers, self.pin_memory = batch_size, num_workers, pin_memory
+        self.val_fraction, self.seed = val_fraction, seed
+        self.augmentation = augmentation or T.none
+        self.class_names: list[str] = [str(i) for i in range(self.num_classes)]
+        self.train_set: Dataset | None = None
+        self.val_set: Dataset | None = None
+        self.test_set: Dataset | None = None
+
+    # --- what a subclass provides ------------------------------------------------------------------------
+
+    def download(self) -> None:
+        """Fetch the dataset when it is not on disk yet (called once, on the main process)."""
+
+    def load_split(self, split: str) -> Dataset:
+        """The raw (image, label) items of ``split`` ("train" or "test"); images as PIL or uint8 tensors."""
+        raise NotImplementedError
+
+    def stats_cache(self) -> Path | None:
+        """Where computed normalisation statistics are cached, or None to compute them every run."""
+        return None
+
+    # --- Lightning hooks ---------------------------------------------------------------------------------
+
+    def prepare_data(self) -> None:
+        self.download()
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.test_set is not None:
+            return
+        pool, test = self.load_split("train"), self.load_split("test")
+        train_raw, val_raw = self._split(pool)
+        if self.mean is None:
+            self.mean, self.std = self._statistics(train_raw)
+        assert self.std is not None
+        for name, values in (("mean", self.mean), ("std", self.std)):
+            if len(values) != self.in_channels:
+                raise ValueError(f"data.{name} has {len(values)} values but the images have {self.in_channels} channels")
+        train_tf = T.train_transform(self.augmentation, self.image_size, self.resize_size, self.mean, self.std)
+        eval_tf = T.eval_transform(self.image_size, self.resize_size, self.mean, self.std)
+        self.train_set = TransformedDataset(train_raw, train_tf)
+        self.val_set = TransformedDataset(val_raw, eval_tf)
+        self.test_set = TransformedDataset(test, eval_tf)
+        log.info("data: %d train, %d val, %d test images, %d classes", len(train_raw), len(val_raw), len(test), self.num_classes)
+
+    def train_dataloader(self) -> DataLoader:
+        assert self.train_set is not None, "call setup() first"
+        n = len(self.train_set)  # type: ignore[arg-type]
+        # a last batch of one would break batch norm; with a shuffled order no image is lost for good
+        return self._loader(self.train_set, sampler=EpochSampler(n, self.seed), drop_last=n > self.batch_size)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.test_set)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader(self.test_set)
+
+    # --- the contract exported models carry --------------------------------------------------------------
+
+    def contract(self) -> dict[str, Any]:
+        """Everything a model needs to preprocess and label images without the training code."""
+        return {
+            "task": self.task,
+            "class_names": list(self.class_names),
+            "in_channels": self.in_channels,
+            "image_size": self.image_size,
+            "resize_size": self.resize_size,
+            "mean": [float(v) for v in self.mean or []],
+            "std": [float(v) for v in self.std or []],
+        }
+
+    # --- helpers -----------------------------------------------------------------------------------------
+
+    def _set_class_names(self, names: Sequence[str]) -> None:
+        if len(names) != self.num_classes:
+            raise ValueError(
+                f"the dataset has {len(names)} classes but data.num_classes={self.num_classes}; "
+                f"set data.num_classes={len(names)}"
+            )
+        self.class_names = list(names)
+
+    def _loader(self, dataset: Dataset | None, **kwargs: Any) -> DataLoader:
+        assert dataset is not None, "call setup() first"
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            pin_memory=self.pin_memory,
+            **kwargs,
+        )
+
+    def _split(self, pool: Dataset) -> tuple[Subset, Subset]:
+        n = len(pool)  # type: ignore[arg-type]
+        n_val = max(1, int(round(n * self.val_fraction)))
+        if n - n_val < 1:
+            raise ValueError(f"{n} training images are too few to carve a validation split of {self.val_fraction:.0%}")
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed)).tolist()
+        return Subset(pool, order[n_val:]), Subset(pool, order[:n_val])
+
+    def _statistics(self, train: Dataset) -> tuple[list[float], list[float]]:
+        cache = self.stats_cache()
+        n = len(train)  # type: ignore[arg-type]
+        key = f"{self.in_channels}ch/{self.image_size}/{self.resize_size}/{n}/{self.seed}/{self.val_fraction}"
+        entries = _read_json(cache) if cache is not None else {}
+        if key in entries:
+            return entries[key]["mean"], entries[key]["std"]
+        mean, std = channel_statistics(train, self.image_size, self.resize_size, self.num_workers)
+        log.info("data: mean %s, std %s computed on the training split", _fmt(mean), _fmt(std))
+        if cache is not None:
+            entries[key] = {"mean": mean, "std": std}
+            tmp = cache.with_suffix(f".tmp{os.getpid()}")
+            try:
+                tmp.write_text(json.dumps(entries, indent=2))
+                tmp.replace(cache)  # atomic: DDP ranks may compute it at the same time
+            except OSError as err:  # a read-only dataset folder must not stop a run
+                log.warning("data: could not cache the statistics in %s (%s)", cache, err)
+        return mean, std
+
+
+def channel_statistics(
+    dataset: Dataset, image_size: int, resize_size: int, num_workers: int = 0
+) -> tuple[list[float], list[float]]:
+    """Per-channel mean and standard deviation of a dataset's images in [0, 1], at the training size."""
+    prep = T.eval_transform(image_size, resize_size, mean=[0.0], std=[1.0])
+    loader = DataLoader(TransformedDataset(dataset, prep), batch_size=256, num_workers=num_workers)
+    total, total_sq, count = None, None, 0
+    for images, _ in loader:
+        flat = images.double().transpose(0, 1).flatten(1)  # (C, N*H*W)
+        total = flat.sum(1) if total is None else total + flat.sum(1)
+        total_sq = (flat**2).sum(1) if total_sq is None else total_sq + (flat**2).sum(1)
+        count += flat.shape[1]
+    if total is None or total_sq is None:
+        raise ValueError("cannot compute normalisation statistics: the training split is empty")
+    mean = total / count
+    std = (total_sq / count - mean**2).clamp_min(1e-12).sqrt()
+    return [round(float(v), 6) for v in mean], [round(float(v), 6) for v in std]
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    """The cached entries, or none when the file is missing or unreadable (it is only a cache)."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _fmt(values: Sequence[float]) -> str:
+    return "[" + ", ".join(f"{v:.4f}" for v in values) + "]"

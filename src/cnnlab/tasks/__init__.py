@@ -1,0 +1,1 @@
+"""LightningModules, one per kind of learning; each receives its network, never builds one."""

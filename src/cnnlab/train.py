@@ -1,0 +1,149 @@
+"""Train, test and export one model from a Hydra config: ``python train.py model=resnet data=landmarks``.
+
+One path for every task: seed -> datamodule -> network -> task -> callbacks, loggers -> fit -> test on the
+best checkpoint -> metrics.json -> export -> the metric that sweeps optimise.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning.pytorch as L
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from cnnlab import CONF_DIR, config, runs
+
+log = logging.getLogger(__name__)
+
+
+def build(cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningModule]:
+    """The datamodule and the task (with its network) that ``cfg`` describes."""
+    config.check_pairing(cfg)
+    datamodule = instantiate(cfg.data, augmentation=instantiate(cfg.augmentation))
+    net = instantiate(cfg.model)
+    # partial, then a call with plain values: Hydra would wrap dict arguments in DictConfig, which
+    # checkpoints then pickle and torch's weights_only loading refuses
+    task = instantiate(cfg.task, _partial_=True)(
+        net=net,
+        optimizer=OmegaConf.to_container(cfg.optimizer, resolve=True),
+        scheduler=OmegaConf.to_container(cfg.scheduler, resolve=True),
+        finetune=OmegaConf.to_container(cfg.finetune, resolve=True),
+        run_config=OmegaConf.to_container(cfg, resolve=True),
+    )
+    return datamodule, task
+
+
+def make_trainer(cfg: DictConfig) -> L.Trainer:
+    """The Trainer with the run's callbacks and loggers."""
+    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
+    loggers = [instantiate(lg) for lg in (cfg.get("logger") or {}).values() if lg is not None]
+    return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+
+
+def refuse_ddp_in_multirun(cfg: DictConfig) -> None:
+    """DDP re-launches the script, which a Hydra sweep cannot survive: say so before anything starts."""
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return
+    strategy = str(cfg.trainer.get("strategy", "auto"))
+    if "ddp" in strategy and strategy != "ddp_notebook":
+        raise config.ConfigError(
+            f"trainer.strategy={strategy} inside a multirun (-m): DDP re-launches train.py and cannot run "
+            "inside a sweep. Sweep with one device per job (trainer=default or trainer=gpu), or run a single "
+            "job with trainer=ddp to use every GPU."
+        )
+
+
+def hparams_for_dashboard(cfg: DictConfig) -> dict[str, Any]:
+    """A flat, fixed set of hyper-parameters, so every run of a sweep lines up in TensorBoard's HPARAMS."""
+    picked = config.choices()
+    return {
+        "model": picked.get("model", cfg.model._target_.rsplit(".", 1)[-1]),
+        "data": picked.get("data", cfg.data._target_.rsplit(".", 1)[-1]),
+        "optimizer": picked.get("optimizer", cfg.optimizer._target_.rsplit(".", 1)[-1]),
+        "scheduler": picked.get("scheduler", "none"),
+        "augmentation": picked.get("augmentation", "none"),
+        "finetune": str(cfg.finetune.get("freeze", 0)),
+        "lr": float(cfg.optimizer.lr),
+        "weight_decay": float(cfg.optimizer.get("weight_decay", 0.0)),
+        "batch_size": int(cfg.data.batch_size),
+        "max_epochs": int(cfg.trainer.get("max_epochs") or -1),
+        "seed": int(cfg.seed),
+    }
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Run the whole pipeline for ``cfg`` and return the final metrics (also written to metrics.json)."""
+    refuse_ddp_in_multirun(cfg)
+    L.seed_everything(cfg.seed, workers=True)
+    output_dir = Path(cfg.paths.output_dir)
+    datamodule, task = build(cfg)
+    trainer = make_trainer(cfg)
+
+    if cfg.get("tuner", {}).get("lr_find"):
+        from cnnlab.tuning import find_learning_rate
+
+        find_learning_rate(trainer, task, datamodule, output_dir)
+
+    trainer.fit(task, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    metrics: dict[str, Any] = dict(trainer.callback_metrics)
+    best = best_checkpoint(trainer)
+    if cfg.get("test", True):
+        trainer.test(task, datamodule=datamodule, ckpt_path=str(best) if best else None)
+        metrics.update(trainer.callback_metrics)
+    if not trainer.is_global_zero:
+        return {}
+
+    extra: dict[str, Any] = {"best_checkpoint": str(best) if best else None, "epochs": trainer.current_epoch}
+    if best and cfg.get("export"):
+        from cnnlab.export import export_checkpoint
+
+        extra["export"] = str(export_checkpoint(best, output_dir / "export", **cfg.export))
+    record = runs.write_metrics(output_dir / "metrics.json", final_metrics(metrics, trainer), extra)
+    for logger in trainer.loggers:
+        scores = {f"hp/{k.replace('/', '_')}": v for k, v in record.items() if k.startswith(("val/", "test/"))}
+        logger.log_hyperparams(hparams_for_dashboard(cfg), metrics=scores)
+        logger.save()
+    log.info("metrics: %s", {k: round(v, 4) for k, v in record.items() if isinstance(v, float)})
+    log.info("run folder: %s", output_dir)
+    return record
+
+
+def best_checkpoint(trainer: L.Trainer) -> Path | None:
+    """The best checkpoint the run saved, or None (fast_dev_run, or no checkpoint callback)."""
+    callback = trainer.checkpoint_callback
+    path = getattr(callback, "best_model_path", "") if callback else ""
+    return Path(path) if path else None
+
+
+def final_metrics(metrics: dict[str, Any], trainer: L.Trainer) -> dict[str, Any]:
+    """Validation and test epoch metrics, with the best validation score the checkpoint callback saw."""
+    kept = {k: v for k, v in metrics.items() if k.startswith(("val/", "test/")) and not k.endswith("_step")}
+    callback = trainer.checkpoint_callback
+    if callback is not None and getattr(callback, "best_model_score", None) is not None:
+        kept[f"best/{callback.monitor}"] = callback.best_model_score
+    return kept
+
+
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
+def _hydra_main(cfg: DictConfig) -> float | None:
+    config.print_config(cfg)
+    record = train(cfg)
+    metric = cfg.get("optimized_metric")
+    if metric and record:
+        if metric not in record:
+            raise config.ConfigError(f"optimized_metric={metric} is not among the run's metrics: {sorted(record)}")
+        return record[metric]
+    return None
+
+
+def main() -> None:
+    """Console entry point; ``resume=<run folder|latest>`` reopens a run before Hydra starts."""
+    sys.argv = [sys.argv[0], *runs.resume_overrides(sys.argv[1:])]
+    _hydra_main()
