@@ -5,7 +5,6 @@ model takes uint8 images (C, H, W) or batches (N, C, H, W) of any size and retur
 needs torch alone, not cnnlab's training code.
 """
 
-from __future__ import annotations
 
 import argparse
 import json
@@ -23,13 +22,17 @@ from cnnlab.data.transforms import Preprocess
 class ExportedClassifier(nn.Module):
     """Preprocessing + network + softmax, with the class names and input contract as attributes."""
 
+    class_names: list[str]  # a class-level annotation: TorchScript types the attribute from it
+    in_channels: int
+    image_size: int
+
     def __init__(self, net: nn.Module, contract: dict[str, Any]) -> None:
         super().__init__()
         self.preprocess = Preprocess(contract["image_size"], contract["resize_size"], contract["mean"], contract["std"])
         self.net = net
-        self.class_names: list[str] = list(contract["class_names"])
-        self.in_channels: int = int(contract["in_channels"])
-        self.image_size: int = int(contract["image_size"])
+        self.class_names = list(contract["class_names"])
+        self.in_channels = int(contract["in_channels"])
+        self.image_size = int(contract["image_size"])
 
     def forward(self, images: Tensor) -> Tensor:
         if images.dim() == 3:

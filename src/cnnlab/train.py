@@ -28,16 +28,27 @@ def build(cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningModule]:
     config.check_pairing(cfg)
     datamodule = instantiate(cfg.data, augmentation=instantiate(cfg.augmentation))
     net = instantiate(cfg.model)
+    adopt_weights_normalization(cfg, datamodule, net)
     # partial, then a call with plain values: Hydra would wrap dict arguments in DictConfig, which
     # checkpoints then pickle and torch's weights_only loading refuses
     task = instantiate(cfg.task, _partial_=True)(
         net=net,
         optimizer=OmegaConf.to_container(cfg.optimizer, resolve=True),
         scheduler=OmegaConf.to_container(cfg.scheduler, resolve=True),
-        finetune=OmegaConf.to_container(cfg.finetune, resolve=True),
+        finetune_cfg=OmegaConf.to_container(cfg.finetune, resolve=True),
         run_config=OmegaConf.to_container(cfg, resolve=True),
     )
     return datamodule, task
+
+
+def adopt_weights_normalization(cfg: DictConfig, datamodule: L.LightningDataModule, net: Any) -> None:
+    """Normalise with the statistics the pretrained weights were trained with (``normalization=auto``)."""
+    stats = getattr(net, "preprocessing", None)
+    if cfg.get("normalization", "auto") not in ("auto", "data"):
+        raise config.ConfigError(f"normalization={cfg.normalization}: choose auto (the weights') or data")
+    if cfg.get("normalization", "auto") == "auto" and stats:
+        datamodule.mean, datamodule.std = list(stats["mean"]), list(stats["std"])
+        log.info("data: normalising with the pretrained weights' mean %s and std %s", stats["mean"], stats["std"])
 
 
 def make_trainer(cfg: DictConfig) -> L.Trainer:

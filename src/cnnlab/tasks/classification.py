@@ -24,11 +24,11 @@ class ClassificationTask(BaseTask):
         num_classes: int,
         optimizer: dict[str, Any],
         scheduler: dict[str, Any] | None = None,
-        finetune: dict[str, Any] | None = None,
+        finetune_cfg: dict[str, Any] | None = None,
         label_smoothing: float = 0.0,
         run_config: dict[str, Any] | None = None,
     ) -> None:
-        super().__init__(net, optimizer, scheduler, finetune, run_config)
+        super().__init__(net, optimizer, scheduler, finetune_cfg, run_config)
         metrics: dict[str, Any] = {
             "acc": MulticlassAccuracy(num_classes, average="micro"),
             "f1": MulticlassF1Score(num_classes, average="macro"),

@@ -1,0 +1,39 @@
+"""Shared fixtures: compose the real Hydra configs, as a user's command line would."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import DictConfig, open_dict
+
+from cnnlab import CONF_DIR
+
+# every test runs on the CPU, also where a GPU is present
+os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+
+
+@pytest.fixture
+def make_cfg(tmp_path: Path) -> Callable[..., DictConfig]:
+    """Compose conf/train.yaml with overrides; the run writes to tmp_path, quietly, on the CPU."""
+
+    def _make(*overrides: str, config_name: str = "train") -> DictConfig:
+        GlobalHydra.instance().clear()
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            cfg = compose(config_name=config_name, overrides=list(overrides))
+        with open_dict(cfg):
+            cfg.paths.output_dir = str(tmp_path / "run")
+            cfg.paths.data_dir = str(tmp_path / "data")
+            cfg.trainer.accelerator = "cpu"
+            cfg.trainer.enable_progress_bar = False
+            cfg.trainer.enable_model_summary = False
+            for key in ("progress_bar", "model_summary"):
+                (cfg.get("callbacks") or {}).pop(key, None)
+        return cfg
+
+    yield _make
+    GlobalHydra.instance().clear()

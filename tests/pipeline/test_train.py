@@ -1,0 +1,142 @@
+"""The whole pipeline on the embedded digits: fit, test the best checkpoint, metrics.json, export, eval."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import open_dict
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from cnnlab import CONF_DIR
+from cnnlab.checkpoints import load_task
+from cnnlab.config import ConfigError, check_pairing
+from cnnlab.data.digits import DigitsDataModule
+from cnnlab.evaluate import evaluate
+from cnnlab.train import train
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    """One real, short training run shared by the tests of this module."""
+    out = tmp_path_factory.mktemp("digits_run")
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=["trainer.max_epochs=4", "trainer.accelerator=cpu"])
+    GlobalHydra.instance().clear()
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(out)
+        cfg.trainer.enable_progress_bar = False
+        for key in ("progress_bar", "model_summary"):
+            cfg.callbacks.pop(key)
+    return out, train(cfg)
+
+
+def test_run_folder_holds_checkpoints_metrics_export_and_logs(trained: tuple[Path, dict]) -> None:
+    out, record = trained
+    assert (out / "checkpoints" / "best.ckpt").is_file() and (out / "checkpoints" / "last.ckpt").is_file()
+    assert (out / "export" / "model.pt").is_file()
+    contract = json.loads((out / "export" / "model.json").read_text())
+    assert contract["class_names"] == [str(i) for i in range(10)] and contract["in_channels"] == 1
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved == json.loads(json.dumps(record))
+    for key in ("val/acc", "test/acc", "test/f1", "test/acc_top5", "best/val/acc"):
+        assert 0.0 <= saved[key] <= 1.0, key
+    assert saved["test/acc"] > 0.85  # four epochs of the default CNN on real digits
+    assert saved["epochs"] == 4
+
+
+def test_tensorboard_has_scalars_hparams_and_figures(trained: tuple[Path, dict]) -> None:
+    out, _ = trained
+    events = EventAccumulator(str(out / "tensorboard"), size_guidance={"images": 0, "tensors": 0})
+    events.Reload()
+    scalars = set(events.Tags()["scalars"])
+    assert {"train/loss_epoch", "val/acc", "val/f1", "test/acc", "lr-AdamW/stage0"} <= scalars
+    assert {"test/confusion_matrix", "test/predictions"} <= set(events.Tags()["images"])
+    plugins = events.PluginTagToContent("hparams")
+    assert "_hparams_/session_start_info" in plugins and "_hparams_/experiment" in plugins
+    session = plugins["_hparams_/session_start_info"].decode("latin1")
+    assert "max_epochs" in session and "optimizer" in session
+
+
+def test_checkpoint_loads_with_weights_only(trained: tuple[Path, dict]) -> None:
+    out, _ = trained
+    ckpt = torch.load(out / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=True)
+    assert ckpt["hyper_parameters"]["run_config"]["model"]["_target_"].endswith("SimpleCNN")
+    assert ckpt["cnnlab"]["contract"]["image_size"] == 16
+
+
+def test_export_gives_the_checkpoints_probabilities(trained: tuple[Path, dict]) -> None:
+    out, _ = trained
+    task = load_task(out / "checkpoints" / "best.ckpt").eval()
+    exported = torch.jit.load(str(out / "export" / "model.pt"))
+    datamodule = DigitsDataModule(image_size=16, seed=42)
+    datamodule.setup()
+    raw = datamodule.load_split("test")
+    worst = 0.0
+    for i in range(16):
+        image, _ = raw[i]
+        with torch.no_grad():
+            expected = torch.softmax(task(datamodule.test_set[i][0].unsqueeze(0)), 1)
+            got = exported(image)
+        worst = max(worst, (expected - got).abs().max().item())
+    assert worst < 1e-5
+    # any image size: a 40x56 photo-like input is resized and cropped inside the exported model
+    probs = exported(torch.randint(0, 256, (1, 40, 56), dtype=torch.uint8))
+    assert probs.shape == (1, 10) and abs(probs.sum().item() - 1) < 1e-5
+
+
+def test_eval_reproduces_the_test_metrics(trained: tuple[Path, dict], tmp_path: Path) -> None:
+    out, record = trained
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(config_name="eval", overrides=[f"ckpt_path={out / 'checkpoints' / 'best.ckpt'}"])
+    GlobalHydra.instance().clear()
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(tmp_path)
+        cfg.trainer.accelerator = "cpu"
+        cfg.trainer.enable_progress_bar = False
+    metrics = evaluate(cfg)
+    assert metrics["test/acc"] == pytest.approx(record["test/acc"], abs=1e-6)
+    assert json.loads((tmp_path / "metrics.json").read_text())["test/acc"] == metrics["test/acc"]
+
+
+def test_eval_refuses_a_missing_checkpoint(make_cfg, tmp_path: Path) -> None:
+    cfg = make_cfg(f"ckpt_path={tmp_path / 'nope.ckpt'}", config_name="eval")
+    with pytest.raises(FileNotFoundError, match="nope.ckpt"):
+        evaluate(cfg)
+
+
+def test_model_and_data_of_different_tasks_are_refused(make_cfg) -> None:
+    cfg = make_cfg("model=simple_cnn")
+    with open_dict(cfg):
+        cfg.model._target_ = "pipeline.test_train.SegmentationNet"
+    with pytest.raises(ConfigError, match=r"serves 'segmentation'.*Models for classification data: .*simple_cnn"):
+        check_pairing(cfg)
+
+
+class SegmentationNet(torch.nn.Module):
+    """Stands for a network of another task kind."""
+
+    task = "segmentation"
+
+
+def test_unknown_model_name_lists_the_valid_ones(make_cfg) -> None:
+    with pytest.raises(Exception, match=r"(?s)model/nonet.*Available options.*resnet.*simple_cnn"):
+        make_cfg("model=nonet")
+
+
+def test_unknown_dataset_name_lists_the_valid_ones(make_cfg) -> None:
+    with pytest.raises(Exception, match=r"(?s)data/nodata.*Available options.*digits"):
+        make_cfg("data=nodata")
+
+
+@pytest.mark.parametrize("override", ["finetune.freeze=9", "finetune.freeze=some", "normalization=imagenet"])
+def test_bad_values_are_clear_errors(make_cfg, override: str) -> None:
+    cfg = make_cfg("debug=fdr", override)
+    with pytest.raises(ValueError, match=override.split("=")[0]):
+        train(cfg)
