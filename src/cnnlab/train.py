@@ -26,7 +26,8 @@ log = logging.getLogger(__name__)
 def build(cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningModule]:
     """The datamodule and the task (with its network) that ``cfg`` describes."""
     config.check_pairing(cfg)
-    datamodule = instantiate(cfg.data, augmentation=instantiate(cfg.augmentation))
+    mix = OmegaConf.to_container(cfg.mix, resolve=True) if cfg.get("mix") else None
+    datamodule = instantiate(cfg.data, augmentation=instantiate(cfg.augmentation), mix=mix)
     net = instantiate(cfg.model)
     adopt_weights_normalization(cfg, datamodule, net)
     # partial, then a call with plain values: Hydra would wrap dict arguments in DictConfig, which
@@ -81,6 +82,8 @@ def hparams_for_dashboard(cfg: DictConfig) -> dict[str, Any]:
         "scheduler": picked.get("scheduler", "none"),
         "augmentation": picked.get("augmentation", "none"),
         "finetune": str(cfg.finetune.get("freeze", 0)),
+        "mixup_alpha": float((cfg.get("mix") or {}).get("mixup_alpha", 0.0)),
+        "cutmix_alpha": float((cfg.get("mix") or {}).get("cutmix_alpha", 0.0)),
         "lr": float(cfg.optimizer.lr),
         "weight_decay": float(cfg.optimizer.get("weight_decay", 0.0)),
         "batch_size": int(cfg.data.batch_size),

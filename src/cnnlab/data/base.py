@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
 from cnnlab.data import transforms as T
+from cnnlab.data.mixing import mix_collate
 
 log = logging.getLogger(__name__)
 
@@ -38,13 +39,20 @@ class TransformedDataset(Dataset):
 
 
 class EpochSampler(Sampler[int]):
-    """A random order fixed by (seed, epoch), so a resumed run sees the batches an uninterrupted one would."""
+    """A random order fixed by (seed, epoch), so a resumed run sees the batches an uninterrupted one would.
 
-    def __init__(self, length: int, seed: int) -> None:
+    It also reseeds ``loader_generator``, from which the DataLoader draws its workers' seeds, so that random
+    augmentation in workers follows (seed, epoch) too and never draws from the global RNG.
+    """
+
+    def __init__(self, length: int, seed: int, loader_generator: torch.Generator | None = None) -> None:
         self.length, self.seed, self.epoch = length, seed, 0
+        self.loader_generator = loader_generator
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
+        if self.loader_generator is not None:
+            self.loader_generator.manual_seed(self.seed * 100_003 + epoch + 1)
 
     def __iter__(self) -> Iterator[int]:
         generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
@@ -74,6 +82,7 @@ class ImageClassificationDataModule(L.LightningDataModule):
         val_fraction: float = 0.1,
         seed: int = 0,
         augmentation: T.AugmentationFactory | None = None,
+        mix: Mapping[str, float] | None = None,
         pin_memory: bool = False,
     ) -> None:
         super().__init__()
@@ -91,6 +100,8 @@ class ImageClassificationDataModule(L.LightningDataModule):
         self.batch_size, self.num_workers, self.pin_memory = batch_size, num_workers, pin_memory
         self.val_fraction, self.seed = val_fraction, seed
         self.augmentation = augmentation or T.none
+        # MixUp / CutMix need whole batches, so they run in the training loader's collate_fn
+        self.train_collate = mix_collate(self.num_classes, mix)
         self.class_names: list[str] = [str(i) for i in range(self.num_classes)]
         self.train_set: Dataset | None = None
         self.val_set: Dataset | None = None
@@ -136,7 +147,14 @@ class ImageClassificationDataModule(L.LightningDataModule):
         assert self.train_set is not None, "call setup() first"
         n = len(self.train_set)  # type: ignore[arg-type]
         # a last batch of one would break batch norm; with a shuffled order no image is lost for good
-        return self._loader(self.train_set, sampler=EpochSampler(n, self.seed), drop_last=n > self.batch_size)
+        generator = torch.Generator()
+        return self._loader(
+            self.train_set,
+            sampler=EpochSampler(n, self.seed, loader_generator=generator),
+            generator=generator,
+            drop_last=n > self.batch_size,
+            collate_fn=self.train_collate,  # mixup / cutmix, when configured: training batches only
+        )
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.val_set)
@@ -173,6 +191,8 @@ class ImageClassificationDataModule(L.LightningDataModule):
 
     def _loader(self, dataset: Dataset | None, **kwargs: Any) -> DataLoader:
         assert dataset is not None, "call setup() first"
+        # a generator of its own: creating an iterator then draws nothing from the global RNG
+        kwargs.setdefault("generator", torch.Generator())
         return DataLoader(
             dataset,
             batch_size=self.batch_size,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -11,15 +12,30 @@ from cnnlab.data.base import ImageClassificationDataModule
 
 
 class DigitsDataModule(ImageClassificationDataModule):
-    """Ten digit classes, one channel, upsampled from 8 px to ``image_size``; a fixed, seeded test split."""
+    """Digit classes, one channel, upsampled from 8 px to ``image_size``; a fixed, seeded test split.
 
-    def __init__(self, test_fraction: float = 0.2, **kwargs: Any) -> None:
-        kwargs.setdefault("num_classes", 10)
+    ``classes`` keeps some digits only (relabelled 0..k-1 in the given order) and ``train_per_class`` caps
+    the training pool per class: together they make the small target tasks of transfer experiments.
+    """
+
+    def __init__(
+        self,
+        test_fraction: float = 0.2,
+        classes: Sequence[int] | None = None,
+        train_per_class: int | None = None,
+        **kwargs: Any,
+    ) -> None:
+        kwargs.setdefault("num_classes", len(classes) if classes else 10)
         kwargs.setdefault("in_channels", 1)
         super().__init__(**kwargs)
         if not 0.0 < test_fraction < 1.0:
             raise ValueError(f"data.test_fraction must lie strictly between 0 and 1, got {test_fraction}")
-        self.test_fraction = test_fraction
+        self.classes = [int(c) for c in classes] if classes else list(range(10))
+        if len(set(self.classes)) != len(self.classes) or not set(self.classes) <= set(range(10)):
+            raise ValueError(f"data.classes={list(classes or [])}: give distinct digits from 0 to 9")
+        if train_per_class is not None and train_per_class < 2:
+            raise ValueError(f"data.train_per_class={train_per_class}: give at least 2 (one may go to validation)")
+        self.test_fraction, self.train_per_class = test_fraction, train_per_class
         self._pool: dict[str, Dataset] = {}
 
     def load_split(self, split: str) -> Dataset:
@@ -33,10 +49,16 @@ class DigitsDataModule(ImageClassificationDataModule):
         digits = load_digits()
         # the scans have 17 grey levels (0..16); stretch them to the uint8 range real images use
         images = torch.from_numpy(digits.images * (255.0 / 16.0)).round().to(torch.uint8).unsqueeze(1)
-        labels = torch.from_numpy(digits.target).long()
-        self._set_class_names([str(int(n)) for n in digits.target_names])
+        relabel = torch.full((10,), -1, dtype=torch.long)
+        relabel[self.classes] = torch.arange(len(self.classes))
+        labels = relabel[torch.from_numpy(digits.target).long()]
+        self._set_class_names([str(c) for c in self.classes])
         full = TensorDataset(images, labels)
         # the test split is fixed (seed 0) whatever the run's seed, so every run is scored on the same images
-        order = torch.randperm(len(full), generator=torch.Generator().manual_seed(0)).tolist()
-        n_test = int(round(len(full) * self.test_fraction))
-        return {"train": Subset(full, order[n_test:]), "test": Subset(full, order[:n_test])}
+        order = torch.randperm(len(full), generator=torch.Generator().manual_seed(0))
+        order = order[labels[order] >= 0]
+        n_test = int(round(len(order) * self.test_fraction))
+        test, train = order[:n_test], order[n_test:]
+        if self.train_per_class is not None:
+            train = torch.cat([train[labels[train] == k][: self.train_per_class] for k in range(len(self.classes))])
+        return {"train": Subset(full, train.tolist()), "test": Subset(full, test.tolist())}

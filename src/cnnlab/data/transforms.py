@@ -51,7 +51,10 @@ class Preprocess(nn.Module):
             x = x.unsqueeze(0)
         h, w = x.shape[-2], x.shape[-1]
         scale = float(self.resize_size) / float(min(h, w))
-        new_h, new_w = max(self.image_size, int(round(h * scale))), max(self.image_size, int(round(w * scale)))
+        new_h, new_w = (
+            max(self.image_size, int(round(h * scale))),
+            max(self.image_size, int(round(w * scale))),
+        )
         if new_h != h or new_w != w:
             # antialias matches PIL's and torchvision's Resize when shrinking photos
             x = F.interpolate(x, size=[new_h, new_w], mode="bilinear", align_corners=False, antialias=True)
@@ -105,23 +108,35 @@ def trivialaugment(image_size: int, resize_size: int, hflip: float = 0.5) -> lis
     return basic(image_size, resize_size, hflip) + [v2.TrivialAugmentWide()]
 
 
-def autoaugment(image_size: int, resize_size: int, policy: str = "cifar10", hflip: float = 0.5) -> list[nn.Module]:
+def autoaugment(
+    image_size: int, resize_size: int, policy: str = "cifar10", hflip: float = 0.5
+) -> list[nn.Module]:
     """`basic` followed by AutoAugment with a learned policy: imagenet, cifar10 or svhn."""
     policies = {p.value: p for p in v2.AutoAugmentPolicy}
     if policy not in policies:
-        raise ValueError(f"augmentation.policy={policy!r} is not an AutoAugment policy; choose one of {sorted(policies)}")
+        raise ValueError(
+            f"augmentation.policy={policy!r} is not an AutoAugment policy; choose one of {sorted(policies)}"
+        )
     return basic(image_size, resize_size, hflip) + [v2.AutoAugment(policies[policy])]
 
 
 def train_transform(
-    augmentation: AugmentationFactory, image_size: int, resize_size: int, mean: Sequence[float], std: Sequence[float]
+    augmentation: AugmentationFactory,
+    image_size: int,
+    resize_size: int,
+    mean: Sequence[float],
+    std: Sequence[float],
 ) -> v2.Compose:
     """The training pipeline: to uint8 tensor, the augmentation preset's steps, then scale and normalise."""
     steps = augmentation(image_size=image_size, resize_size=resize_size)
     # with no geometric steps of its own, a preset leaves resizing to Preprocess, as in evaluation
-    return v2.Compose([v2.ToImage(), *steps, Preprocess(image_size, resize_size, mean, std, resize=not steps)])
+    return v2.Compose(
+        [v2.ToImage(), *steps, Preprocess(image_size, resize_size, mean, std, resize=not steps)]
+    )
 
 
-def eval_transform(image_size: int, resize_size: int, mean: Sequence[float], std: Sequence[float]) -> v2.Compose:
+def eval_transform(
+    image_size: int, resize_size: int, mean: Sequence[float], std: Sequence[float]
+) -> v2.Compose:
     """The evaluation pipeline, identical to the one inside exported models."""
     return v2.Compose([v2.ToImage(), Preprocess(image_size, resize_size, mean, std)])
