@@ -59,7 +59,7 @@ class BaseTask(L.LightningModule):
         L.seed_everything(seed * 1_000 + epoch, workers=True, verbose=False)
         if epoch == 0 or self.freezer.frozen_at(epoch) != self.freezer.frozen_at(epoch - 1):
             log.info("finetune: %s", self.freezer.describe(epoch))
-        self.freezer.hold(epoch)
+        self.train()  # a stage released this epoch goes back to train mode, the frozen ones to eval
         self.log("finetune/frozen_stages", float(self.freezer.frozen_at(epoch)), on_step=False, on_epoch=True)
 
     def on_after_backward(self) -> None:
