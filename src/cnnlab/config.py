@@ -61,8 +61,11 @@ def check_pairing(cfg: DictConfig) -> None:
     """Refuse a model and a dataset that serve different tasks, naming the valid pairs."""
     model_cls, data_cls = get_class(cfg.model._target_), get_class(cfg.data._target_)
     task_cls = get_class(cfg.task._target_)
-    kinds = {"model": getattr(model_cls, "task", None), "data": getattr(data_cls, "task", None),
-             "task": getattr(task_cls, "kind", None)}
+    kinds = {
+        "model": getattr(model_cls, "task", None),
+        "data": getattr(data_cls, "task", None),
+        "task": getattr(task_cls, "kind", None),
+    }
     if len({k for k in kinds.values() if k}) > 1:
         picked = choices()
         data_task = kinds["data"] or ""

@@ -28,13 +28,18 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     data_cfg = OmegaConf.merge(saved.data, cfg.get("data") or {})
     datamodule = instantiate(data_cfg, augmentation=None)
     task = checkpoints.load_task(ckpt_path)
-    callbacks = [instantiate(c) for c in (saved.get("callbacks") or {}).values()
-                 if c is not None and "ModelCheckpoint" not in c["_target_"]]
+    callbacks = [
+        instantiate(c)
+        for c in (saved.get("callbacks") or {}).values()
+        if c is not None and "ModelCheckpoint" not in c["_target_"]
+    ]
     loggers = [instantiate(lg) for lg in (cfg.get("logger") or {}).values() if lg is not None]
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     run = trainer.test if cfg.split == "test" else trainer.validate
     results = run(task, datamodule=datamodule)[0]
-    record = runs.write_metrics(Path(cfg.paths.output_dir) / "metrics.json", results, {"checkpoint": str(ckpt_path)})
+    record = runs.write_metrics(
+        Path(cfg.paths.output_dir) / "metrics.json", results, {"checkpoint": str(ckpt_path)}
+    )
     log.info("metrics: %s", {k: round(v, 4) for k, v in record.items() if isinstance(v, float)})
     return record
 

@@ -5,7 +5,6 @@ model takes uint8 images (C, H, W) or batches (N, C, H, W) of any size and retur
 needs torch alone, not cnnlab's training code.
 """
 
-
 import argparse
 import json
 import warnings
@@ -28,7 +27,9 @@ class ExportedClassifier(nn.Module):
 
     def __init__(self, net: nn.Module, contract: dict[str, Any]) -> None:
         super().__init__()
-        self.preprocess = Preprocess(contract["image_size"], contract["resize_size"], contract["mean"], contract["std"])
+        self.preprocess = Preprocess(
+            contract["image_size"], contract["resize_size"], contract["mean"], contract["std"]
+        )
         self.net = net
         self.class_names = list(contract["class_names"])
         self.in_channels = int(contract["in_channels"])
@@ -58,8 +59,13 @@ def export_checkpoint(ckpt_path: str | Path, out_dir: str | Path, formats: list[
         scripted = torch.jit.script(module)
     path = out_dir / "model.pt"
     scripted.save(str(path))
-    contract = dict(task.contract, format="torchscript", input="uint8 image (C,H,W) or batch (N,C,H,W), any size",
-                    output="class probabilities (N, num_classes)", checkpoint=str(ckpt_path))
+    contract = dict(
+        task.contract,
+        format="torchscript",
+        input="uint8 image (C,H,W) or batch (N,C,H,W), any size",
+        output="class probabilities (N, num_classes)",
+        checkpoint=str(ckpt_path),
+    )
     (out_dir / "model.json").write_text(json.dumps(contract, indent=2) + "\n")
     return path
 
@@ -67,7 +73,9 @@ def export_checkpoint(ckpt_path: str | Path, out_dir: str | Path, formats: list[
 def main(argv: list[str] | None = None) -> None:
     """Command line: export a checkpoint."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("checkpoint", type=Path, help="a checkpoint written by train.py (checkpoints/best.ckpt)")
+    parser.add_argument(
+        "checkpoint", type=Path, help="a checkpoint written by train.py (checkpoints/best.ckpt)"
+    )
     parser.add_argument("--out", type=Path, default=None, help="output folder (default: <run folder>/export)")
     args = parser.parse_args(argv)
     out = args.out or args.checkpoint.resolve().parent.parent / "export"

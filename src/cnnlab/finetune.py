@@ -73,7 +73,11 @@ class StageFreezer:
         self.every = int(cfg.get("unfreeze_every", 0) or 0)
         if self.every < 0:
             raise ValueError(f"finetune.unfreeze_every={self.every}: give a number of epochs >= 0")
-        self.floor = parse_freeze(cfg.get("unfreeze_to", 0) or 0, n, "finetune.unfreeze_to") if self.every else self.start
+        self.floor = (
+            parse_freeze(cfg.get("unfreeze_to", 0) or 0, n, "finetune.unfreeze_to")
+            if self.every
+            else self.start
+        )
         if self.floor > self.start:
             raise ValueError(f"finetune.unfreeze_to={self.floor} is deeper than finetune.freeze={self.start}")
         for stage in self.stages[: self.floor]:

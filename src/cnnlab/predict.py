@@ -17,7 +17,9 @@ def load_model(path: str | Path) -> torch.jit.ScriptModule:
     """An exported model, ready for inference on the CPU."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"exported model {path} does not exist (train.py writes <run>/export/model.pt)")
+        raise FileNotFoundError(
+            f"exported model {path} does not exist (train.py writes <run>/export/model.pt)"
+        )
     return torch.jit.load(str(path), map_location="cpu").eval()
 
 
@@ -35,7 +37,7 @@ def predict(model: torch.jit.ScriptModule, image: torch.Tensor, top_k: int = 5) 
     """The ``top_k`` (class name, probability) pairs for one image, most likely first."""
     probs = model(image)[0]
     values, indices = probs.topk(min(top_k, probs.numel()))
-    return [(model.class_names[i], float(v)) for v, i in zip(values.tolist(), indices.tolist())]
+    return [(model.class_names[i], float(v)) for v, i in zip(values.tolist(), indices.tolist(), strict=True)]
 
 
 def main(argv: list[str] | None = None) -> None:

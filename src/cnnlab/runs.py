@@ -21,11 +21,15 @@ def find_run(spec: str, runs_dir: Path = RUNS_DIR) -> Path:
     if spec == "latest":
         candidates = sorted((p.parent.parent for p in runs_dir.glob(f"*/{LAST_CKPT}")), key=lambda p: p.name)
         if not candidates:
-            raise FileNotFoundError(f"resume=latest: no run under {runs_dir}/ has a {LAST_CKPT} to resume from")
+            raise FileNotFoundError(
+                f"resume=latest: no run under {runs_dir}/ has a {LAST_CKPT} to resume from"
+            )
         return candidates[-1]
     run = Path(spec).expanduser()
     if not (run / LAST_CKPT).is_file():
-        raise FileNotFoundError(f"resume={spec}: {run / LAST_CKPT} does not exist; give a run folder of train.py")
+        raise FileNotFoundError(
+            f"resume={spec}: {run / LAST_CKPT} does not exist; give a run folder of train.py"
+        )
     return run
 
 
@@ -39,10 +43,16 @@ def resume_overrides(argv: Sequence[str], runs_dir: Path = RUNS_DIR) -> list[str
     if spec is None or spec in ("null", ""):
         return list(argv)
     run = find_run(spec, runs_dir).resolve()
-    saved = OmegaConf.load(run / ".hydra" / "overrides.yaml") if (run / ".hydra" / "overrides.yaml").is_file() else []
+    saved = (
+        OmegaConf.load(run / ".hydra" / "overrides.yaml")
+        if (run / ".hydra" / "overrides.yaml").is_file()
+        else []
+    )
     rest = [a for a in argv if not a.startswith("resume=")]
     keys = {a.split("=", 1)[0].lstrip("+~") for a in rest}
-    kept = [str(o) for o in saved if str(o).split("=", 1)[0].lstrip("+~") not in keys | {"resume", "ckpt_path"}]
+    kept = [
+        str(o) for o in saved if str(o).split("=", 1)[0].lstrip("+~") not in keys | {"resume", "ckpt_path"}
+    ]
     return kept + rest + [f"hydra.run.dir={shlex.quote(str(run))}", f"ckpt_path={run / LAST_CKPT}"]
 
 
@@ -51,7 +61,9 @@ def to_number(value: Any) -> float:
     return float(value.item() if isinstance(value, torch.Tensor) else value)
 
 
-def write_metrics(path: Path, metrics: Mapping[str, Any], extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def write_metrics(
+    path: Path, metrics: Mapping[str, Any], extra: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
     """Write final metrics (and extra fields) as sorted JSON; returns what was written."""
     record: dict[str, Any] = {k: to_number(v) for k, v in sorted(metrics.items())}
     record = {k: (None if math.isnan(v) else v) for k, v in record.items()}

@@ -49,7 +49,9 @@ def adopt_weights_normalization(cfg: DictConfig, datamodule: L.LightningDataModu
         raise config.ConfigError(f"normalization={cfg.normalization}: choose auto (the weights') or data")
     if cfg.get("normalization", "auto") == "auto" and stats:
         datamodule.mean, datamodule.std = list(stats["mean"]), list(stats["std"])
-        log.info("data: normalising with the pretrained weights' mean %s and std %s", stats["mean"], stats["std"])
+        log.info(
+            "data: normalising with the pretrained weights' mean %s and std %s", stats["mean"], stats["std"]
+        )
 
 
 def make_trainer(cfg: DictConfig) -> L.Trainer:
@@ -121,7 +123,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         extra["export"] = str(export_checkpoint(best, output_dir / "export", **cfg.export))
     record = runs.write_metrics(output_dir / "metrics.json", final_metrics(metrics, trainer), extra)
     for logger in trainer.loggers:
-        scores = {f"hp/{k.replace('/', '_')}": v for k, v in record.items() if k.startswith(("val/", "test/"))}
+        scores = {
+            f"hp/{k.replace('/', '_')}": v for k, v in record.items() if k.startswith(("val/", "test/"))
+        }
         logger.log_hyperparams(hparams_for_dashboard(cfg), metrics=scores)
         logger.save()
     log.info("metrics: %s", {k: round(v, 4) for k, v in record.items() if isinstance(v, float)})
@@ -152,7 +156,9 @@ def _hydra_main(cfg: DictConfig) -> float | None:
     metric = cfg.get("optimized_metric")
     if metric and record:
         if metric not in record:
-            raise config.ConfigError(f"optimized_metric={metric} is not among the run's metrics: {sorted(record)}")
+            raise config.ConfigError(
+                f"optimized_metric={metric} is not among the run's metrics: {sorted(record)}"
+            )
         return record[metric]
     return None
 

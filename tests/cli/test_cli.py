@@ -19,7 +19,9 @@ QUIET = ["callbacks.progress_bar=null", "callbacks.model_summary=null", "trainer
 def run(*args: str, cwd: Path = ROOT, check: bool = True) -> subprocess.CompletedProcess:
     """Run a command with this interpreter; fail with its output when it fails unexpectedly."""
     env = dict(os.environ, CUDA_VISIBLE_DEVICES="", HYDRA_FULL_ERROR="0")
-    proc = subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
+    )
     if check and proc.returncode != 0:
         pytest.fail(f"{args} exited {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     return proc
@@ -34,7 +36,9 @@ def cli_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_train_cli_writes_a_run_folder(cli_run: Path) -> None:
-    assert (cli_run / ".hydra" / "config.yaml").is_file() and (cli_run / ".hydra" / "overrides.yaml").is_file()
+    assert (cli_run / ".hydra" / "config.yaml").is_file() and (
+        cli_run / ".hydra" / "overrides.yaml"
+    ).is_file()
     metrics = json.loads((cli_run / "metrics.json").read_text())
     assert metrics["epochs"] == 2 and 0 < metrics["test/acc"] <= 1
     assert Path(metrics["export"]).is_file()
@@ -56,7 +60,8 @@ def test_predict_cli_prints_top_k_without_the_training_code(cli_run: Path, tmp_p
         "import sys; from cnnlab.predict import main; "
         "sys.argv = ['cnnlab-predict', sys.argv[1], sys.argv[2], '--top-k', '3']\n"
         "try:\n    main()\n"
-        "finally:\n    print('loaded:', sorted(m for m in ('lightning', 'hydra', 'cnnlab.train') if m in sys.modules))"
+        "finally:\n"
+        "    print('loaded:', sorted(m for m in ('lightning', 'hydra', 'cnnlab.train') if m in sys.modules))"
     )
     proc = run("-c", code, str(cli_run / "export" / "model.pt"), str(image))
     line = next(ln for ln in proc.stdout.splitlines() if ln.startswith(str(image)))
@@ -94,8 +99,15 @@ def test_multirun_runs_each_job_in_its_own_folder(tmp_path: Path) -> None:
 
 
 def test_ddp_inside_a_multirun_is_refused(tmp_path: Path) -> None:
-    proc = run(str(ROOT / "train.py"), "-m", "trainer=ddp_sim", "debug=fdr", f"hydra.sweep.dir={tmp_path}",
-               *QUIET, check=False)
+    proc = run(
+        str(ROOT / "train.py"),
+        "-m",
+        "trainer=ddp_sim",
+        "debug=fdr",
+        f"hydra.sweep.dir={tmp_path}",
+        *QUIET,
+        check=False,
+    )
     assert proc.returncode != 0
     assert "cannot run inside a sweep" in proc.stdout + proc.stderr
 
@@ -103,7 +115,10 @@ def test_ddp_inside_a_multirun_is_refused(tmp_path: Path) -> None:
 def test_ddp_sim_trains_with_two_cpu_processes(tmp_path: Path) -> None:
     out = tmp_path / "ddp"
     proc = run(str(ROOT / "train.py"), "trainer=ddp_sim", "debug=limit", f"hydra.run.dir={out}", *QUIET)
-    assert "world_size: 2" in proc.stdout + proc.stderr or "distributed_backend=gloo" in proc.stdout + proc.stderr
+    assert (
+        "world_size: 2" in proc.stdout + proc.stderr
+        or "distributed_backend=gloo" in proc.stdout + proc.stderr
+    )
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["epochs"] == 2 and metrics["test/acc"] > 0
     # only rank 0 writes the run folder: one config, one metrics file, no second run folder
@@ -116,7 +131,9 @@ def test_resume_continues_where_an_uninterrupted_run_ends(tmp_path: Path) -> Non
     straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"
     run(str(ROOT / "train.py"), *common, f"hydra.run.dir={straight}")
     # the same run stopped after its second epoch, then reopened by folder
-    run(str(ROOT / "train.py"), *common, "trainer.max_steps=40", f"hydra.run.dir={interrupted}", "export=null")
+    run(
+        str(ROOT / "train.py"), *common, "trainer.max_steps=40", f"hydra.run.dir={interrupted}", "export=null"
+    )
     first = torch.load(interrupted / "checkpoints" / "last.ckpt", weights_only=True)
     assert first["epoch"] == 1 and first["global_step"] == 40
     run(str(ROOT / "train.py"), f"resume={interrupted}", "trainer.max_steps=-1")

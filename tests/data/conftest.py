@@ -1,12 +1,10 @@
-"""Fixtures of the data tests: no network, and fake CIFAR-10 files accepted by torchvision."""
+"""Fixtures of the data tests: no network."""
 
 from __future__ import annotations
 
 import socket
 
 import pytest
-import torchvision.datasets.cifar
-from torchvision.datasets.utils import check_integrity
 
 
 @pytest.fixture(autouse=True)
@@ -23,15 +21,3 @@ def network_lookups(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
     monkeypatch.setattr(socket, "getaddrinfo", offline)
     return attempts
-
-
-@pytest.fixture
-def fake_cifar_accepted(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Let torchvision's CIFAR10 read fake batches: it compares every file with the official release's MD5.
-
-    torchvision's own dataset tests (test/datasets_utils.py, ``_patch_checks``) patch ``check_integrity`` in
-    the dataset's module for fake data; we do the same, but keep the check that each file exists.
-    """
-    monkeypatch.setattr(
-        torchvision.datasets.cifar, "check_integrity", lambda fpath, md5=None: check_integrity(fpath)
-    )

@@ -115,7 +115,9 @@ def test_model_and_data_of_different_tasks_are_refused(make_cfg) -> None:
     cfg = make_cfg("model=simple_cnn")
     with open_dict(cfg):
         cfg.model._target_ = "pipeline.test_train.SegmentationNet"
-    with pytest.raises(ConfigError, match=r"serves 'segmentation'.*Models for classification data: .*simple_cnn"):
+    with pytest.raises(
+        ConfigError, match=r"serves 'segmentation'.*Models for classification data: .*simple_cnn"
+    ):
         check_pairing(cfg)
 
 

@@ -5,11 +5,9 @@ from __future__ import annotations
 import copy
 from pathlib import Path
 
-import lightning.pytorch as L
 import pytest
 import torch
 from fakedata import write_landmarks
-from hydra.utils import instantiate
 from omegaconf import open_dict
 from torch import nn
 
@@ -73,7 +71,9 @@ def test_frozen_backbone_trains_only_the_head_and_keeps_batch_norm_still(landmar
 
 
 def test_partial_freeze_keeps_frozen_statistics_and_trains_the_rest(landmarks_cfg) -> None:
-    cfg = landmarks_cfg("finetune=partial", "finetune.freeze=2", "trainer.max_epochs=2", "test=false", "export=null")
+    cfg = landmarks_cfg(
+        "finetune=partial", "finetune.freeze=2", "trainer.max_epochs=2", "test=false", "export=null"
+    )
     datamodule, task = build(cfg)
     frozen_before, free_before = bn_statistics(task.net, slice(0, 2)), bn_statistics(task.net, slice(2, None))
     make_trainer(cfg).fit(task, datamodule=datamodule)
@@ -121,21 +121,35 @@ def gradual_state(run: Path) -> dict:
     }
 
 
-def test_gradual_run_resumed_after_an_unfreeze_matches_an_uninterrupted_one(landmarks_cfg, tmp_path: Path) -> None:
-    common = ["finetune=gradual", "finetune.unfreeze_every=1", "scheduler=cosine", "trainer.max_epochs=3",
-              "test=false", "export=null"]
+def test_gradual_run_resumed_after_an_unfreeze_matches_an_uninterrupted_one(
+    landmarks_cfg, tmp_path: Path
+) -> None:
+    common = [
+        "finetune=gradual",
+        "finetune.unfreeze_every=1",
+        "scheduler=cosine",
+        "trainer.max_epochs=3",
+        "test=false",
+        "export=null",
+    ]
     straight = landmarks_cfg(*common)
     with open_dict(straight):
         straight.paths.output_dir = str(tmp_path / "straight")
-        straight.callbacks = {"last": {"_target_": "lightning.pytorch.callbacks.ModelCheckpoint",
-                                       "dirpath": str(tmp_path / "straight" / "checkpoints"),
-                                       "filename": "last", "monitor": None}}
+        straight.callbacks = {
+            "last": {
+                "_target_": "lightning.pytorch.callbacks.ModelCheckpoint",
+                "dirpath": str(tmp_path / "straight" / "checkpoints"),
+                "filename": "last",
+                "monitor": None,
+            }
+        }
     train(straight)
     interrupted = copy.deepcopy(straight)
     with open_dict(interrupted):
         interrupted.paths.output_dir = str(tmp_path / "interrupted")
         interrupted.callbacks.last.dirpath = str(tmp_path / "interrupted" / "checkpoints")
-        # stops after the first unfreeze (epoch 1 released a stage); max_steps, as max_epochs shapes the schedule
+        # stops after the first unfreeze (epoch 1 released a stage); by max_steps, since max_epochs
+        # shapes the cosine schedule
         steps_per_epoch = torch.load(tmp_path / "straight" / "checkpoints" / "last.ckpt")["global_step"] // 3
         interrupted.trainer.max_steps = 2 * steps_per_epoch
     train(interrupted)
@@ -157,7 +171,3 @@ def test_gradual_run_resumed_after_an_unfreeze_matches_an_uninterrupted_one(land
 def test_a_network_without_stages_cannot_be_frozen() -> None:
     with pytest.raises(ValueError, match="no stages"):
         StageFreezer(nn.Linear(2, 2), {"freeze": 1})
-
-
-def test_instantiated_trainer_keeps_lightning_defaults(landmarks_cfg) -> None:
-    assert isinstance(make_trainer(landmarks_cfg()), L.Trainer) and instantiate is not None

@@ -38,14 +38,19 @@ class ClassificationFigures(L.Callback):
         self.samples = []
 
     def on_test_batch_end(
-        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int,
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
         images, labels = batch
         preds = outputs["logits"].argmax(1)
         assert self.confmat is not None
         self.confmat.update(preds, labels)
-        for image, pred, label in zip(images, preds, labels):
+        for image, pred, label in zip(images, preds, labels, strict=True):
             if len(self.samples) >= self.num_samples:
                 break
             self.samples.append((image.detach().cpu(), int(pred), int(label)))
@@ -76,8 +81,15 @@ def confusion_figure(matrix: Tensor, names: list[str]) -> plt.Figure:
     if n <= 20:
         for i in range(n):
             for j in range(n):
-                ax.text(j, i, int(matrix[i, j]), ha="center", va="center", fontsize=7,
-                        color="white" if rates[i, j] > 0.5 else "black")
+                ax.text(
+                    j,
+                    i,
+                    int(matrix[i, j]),
+                    ha="center",
+                    va="center",
+                    fontsize=7,
+                    color="white" if rates[i, j] > 0.5 else "black",
+                )
     fig.tight_layout()
     return fig
 
@@ -89,14 +101,16 @@ def denormalize(image: Tensor, mean: list[float], std: list[float]) -> Tensor:
     return image.clamp(0, 1).permute(1, 2, 0)
 
 
-def predictions_figure(samples: list[tuple[Tensor, int, int]], names: list[str], contract: dict[str, Any]) -> plt.Figure:
+def predictions_figure(
+    samples: list[tuple[Tensor, int, int]], names: list[str], contract: dict[str, Any]
+) -> plt.Figure:
     """A grid of images titled 'prediction (truth)', green when right and red when wrong."""
     cols = min(8, max(1, len(samples)))
     rows = max(1, math.ceil(len(samples) / cols))
     fig, axes = plt.subplots(rows, cols, figsize=(1.6 * cols, 1.8 * rows), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
-    for ax, (image, pred, label) in zip(axes.flat, samples):
+    for ax, (image, pred, label) in zip(axes.flat, samples, strict=False):
         shown = denormalize(image, contract.get("mean", []), contract.get("std", []))
         ax.imshow(shown.squeeze(-1) if shown.shape[-1] == 1 else shown, cmap="gray")
         ax.set_title(f"{names[pred]} ({names[label]})", fontsize=7, color="green" if pred == label else "red")

@@ -135,13 +135,23 @@ class ImageClassificationDataModule(L.LightningDataModule):
         assert self.std is not None
         for name, values in (("mean", self.mean), ("std", self.std)):
             if len(values) != self.in_channels:
-                raise ValueError(f"data.{name} has {len(values)} values but the images have {self.in_channels} channels")
-        train_tf = T.train_transform(self.augmentation, self.image_size, self.resize_size, self.mean, self.std)
+                raise ValueError(
+                    f"data.{name} has {len(values)} values but the images have {self.in_channels} channels"
+                )
+        train_tf = T.train_transform(
+            self.augmentation, self.image_size, self.resize_size, self.mean, self.std
+        )
         eval_tf = T.eval_transform(self.image_size, self.resize_size, self.mean, self.std)
         self.train_set = TransformedDataset(train_raw, train_tf)
         self.val_set = TransformedDataset(val_raw, eval_tf)
         self.test_set = TransformedDataset(test, eval_tf)
-        log.info("data: %d train, %d val, %d test images, %d classes", len(train_raw), len(val_raw), len(test), self.num_classes)
+        log.info(
+            "data: %d train, %d val, %d test images, %d classes",
+            len(train_raw),
+            len(val_raw),
+            len(test),
+            self.num_classes,
+        )
 
     def train_dataloader(self) -> DataLoader:
         assert self.train_set is not None, "call setup() first"
@@ -206,7 +216,9 @@ class ImageClassificationDataModule(L.LightningDataModule):
         n = len(pool)  # type: ignore[arg-type]
         n_val = max(1, int(round(n * self.val_fraction)))
         if n - n_val < 1:
-            raise ValueError(f"{n} training images are too few to carve a validation split of {self.val_fraction:.0%}")
+            raise ValueError(
+                f"{n} training images are too few to carve a validation split of {self.val_fraction:.0%}"
+            )
         order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed)).tolist()
         return Subset(pool, order[n_val:]), Subset(pool, order[:n_val])
 

@@ -34,7 +34,9 @@ class DigitsDataModule(ImageClassificationDataModule):
         if len(set(self.classes)) != len(self.classes) or not set(self.classes) <= set(range(10)):
             raise ValueError(f"data.classes={list(classes or [])}: give distinct digits from 0 to 9")
         if train_per_class is not None and train_per_class < 2:
-            raise ValueError(f"data.train_per_class={train_per_class}: give at least 2 (one may go to validation)")
+            raise ValueError(
+                f"data.train_per_class={train_per_class}: give at least 2 (one may go to validation)"
+            )
         self.test_fraction, self.train_per_class = test_fraction, train_per_class
         self._pool: dict[str, Dataset] = {}
 
@@ -60,5 +62,7 @@ class DigitsDataModule(ImageClassificationDataModule):
         n_test = int(round(len(order) * self.test_fraction))
         test, train = order[:n_test], order[n_test:]
         if self.train_per_class is not None:
-            train = torch.cat([train[labels[train] == k][: self.train_per_class] for k in range(len(self.classes))])
+            train = torch.cat(
+                [train[labels[train] == k][: self.train_per_class] for k in range(len(self.classes))]
+            )
         return {"train": Subset(full, train.tolist()), "test": Subset(full, test.tolist())}

@@ -40,12 +40,15 @@ def init_weights(module: nn.Module, scheme: str = "default") -> None:
     if scheme == "default":
         return
     if scheme not in ("kaiming", "xavier"):
-        raise ValueError(f"model.init={scheme!r} is not a weight initialisation; choose default, kaiming or xavier")
+        raise ValueError(
+            f"model.init={scheme!r} is not a weight initialisation; choose default, kaiming or xavier"
+        )
     for m in module.modules():
         if isinstance(m, (nn.Conv2d, nn.Linear, nn.ConvTranspose2d)):
             if scheme == "kaiming":
-                nn.init.kaiming_normal_(m.weight, mode="fan_out" if isinstance(m, nn.Conv2d) else "fan_in",
-                                        nonlinearity="relu")
+                nn.init.kaiming_normal_(
+                    m.weight, mode="fan_out" if isinstance(m, nn.Conv2d) else "fan_in", nonlinearity="relu"
+                )
             else:
                 nn.init.xavier_uniform_(m.weight)
             if m.bias is not None:
@@ -57,4 +60,6 @@ def init_weights(module: nn.Module, scheme: str = "default") -> None:
 
 def mlp_head(in_features: int, num_classes: int, dropout: float = 0.0) -> nn.Sequential:
     """Global average pooling, flatten, dropout and a linear classifier."""
-    return nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout), nn.Linear(in_features, num_classes))
+    return nn.Sequential(
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout), nn.Linear(in_features, num_classes)
+    )

@@ -5,12 +5,20 @@ from __future__ import annotations
 from torch import nn
 
 from cnnlab.models.base import Classifier, init_weights
+from cnnlab.models.weights import load_run_weights
 
 
 class LeNet5(Classifier):
     """LeNet-5 with ReLU and max pooling; the classic 32 px design, padded so 28 px inputs work too."""
 
-    def __init__(self, num_classes: int, in_channels: int, image_size: int, init: str = "default") -> None:
+    def __init__(
+        self,
+        num_classes: int,
+        in_channels: int,
+        image_size: int,
+        init: str = "default",
+        weights: str | None = None,
+    ) -> None:
         # padding 2 on the first conv keeps the original 32 px geometry for 28 px MNIST digits
         pad = 2 if image_size < 32 else 0
         stages = [
@@ -30,3 +38,4 @@ class LeNet5(Classifier):
         )
         super().__init__(stages, head)
         init_weights(self, init)
+        self.weights_report = load_run_weights(self, weights)

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from torch import nn
 
 from cnnlab.models.base import Classifier, init_weights
+from cnnlab.models.weights import load_run_weights
 
 
 class MLP(Classifier):
@@ -21,6 +22,7 @@ class MLP(Classifier):
         dropout: float = 0.2,
         batch_norm: bool = False,
         init: str = "default",
+        weights: str | None = None,
     ) -> None:
         width = in_channels * image_size * image_size
         stages: list[nn.Module] = []
@@ -32,6 +34,11 @@ class MLP(Classifier):
             layers += [nn.ReLU(inplace=True), nn.Dropout(dropout)]
             stages.append(nn.Sequential(*layers))
             width = size
-        head = nn.Linear(width, num_classes) if stages else nn.Sequential(nn.Flatten(), nn.Linear(width, num_classes))
+        head = (
+            nn.Linear(width, num_classes)
+            if stages
+            else nn.Sequential(nn.Flatten(), nn.Linear(width, num_classes))
+        )
         super().__init__(stages, head)
         init_weights(self, init)
+        self.weights_report = load_run_weights(self, weights)

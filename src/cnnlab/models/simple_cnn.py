@@ -1,4 +1,4 @@
-"""The course's from-scratch CNN: conv blocks (conv, optional batch norm, ReLU, pool, dropout), then a head."""
+"""The course's from-scratch CNN: conv blocks (conv, optional batch norm, ReLU, pool, dropout), a head."""
 
 from __future__ import annotations
 
@@ -7,9 +7,12 @@ from collections.abc import Sequence
 from torch import nn
 
 from cnnlab.models.base import Classifier, init_weights
+from cnnlab.models.weights import load_run_weights
 
 
-def conv_block(c_in: int, c_out: int, convs: int, batch_norm: bool, dropout: float, pool: bool) -> nn.Sequential:
+def conv_block(
+    c_in: int, c_out: int, convs: int, batch_norm: bool, dropout: float, pool: bool
+) -> nn.Sequential:
     """``convs`` 3x3 convolutions with optional batch norm and ReLU, then 2x2 max pooling and dropout."""
     layers: list[nn.Module] = []
     for i in range(convs):
@@ -39,6 +42,7 @@ class SimpleCNN(Classifier):
         head_hidden: int = 256,
         head_dropout: float = 0.3,
         init: str = "default",
+        weights: str | None = None,
     ) -> None:
         if not widths:
             raise ValueError("model.widths must name at least one block width")
@@ -54,3 +58,4 @@ class SimpleCNN(Classifier):
         layers.append(nn.Linear(c_in, num_classes))
         super().__init__(stages, nn.Sequential(*layers))
         init_weights(self, init)
+        self.weights_report = load_run_weights(self, weights)

@@ -287,3 +287,17 @@ def _socket_timeout(seconds: float) -> Iterator[None]:
         yield
     finally:
         socket.setdefaulttimeout(previous)
+
+
+def load_run_weights(model: nn.Module, weights: str | Path | None) -> WeightsReport | None:
+    """Weights for a network torchvision has no weights for: null, or the path of a cnnlab checkpoint."""
+    if (
+        weights is not None
+        and str(weights).strip().lower() not in ("", "none", "null")
+        and not _is_path(str(weights))
+    ):
+        raise ValueError(
+            f"model.weights={weights!r}: {type(model).__name__} has no torchvision weights; give the path of "
+            "a cnnlab checkpoint (.ckpt) to transfer from, or null to train from scratch"
+        )
+    return load_weights(model, weights, arch="", torchvision_net=model)

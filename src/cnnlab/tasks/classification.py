@@ -69,7 +69,9 @@ class ClassificationTask(BaseTask):
     def _evaluate(self, batch: tuple[Tensor, Tensor], split: str, metrics: MetricCollection) -> Tensor:
         images, labels = batch
         logits = self(images)
-        self.log(f"{split}/loss", self.loss(logits, labels), prog_bar=True, batch_size=len(images), sync_dist=True)
+        self.log(
+            f"{split}/loss", self.loss(logits, labels), prog_bar=True, batch_size=len(images), sync_dist=True
+        )
         metrics.update(logits, labels)
         self.log_dict(metrics, prog_bar=split == "val")
         return logits
