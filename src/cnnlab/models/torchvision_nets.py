@@ -270,6 +270,7 @@ class InceptionV3(Classifier):
             raise ValueError(
                 f"InceptionV3 needs images of at least {self.min_size} px, got {x.shape[-2]}x{x.shape[-1]}"
             )
+        # the loop of Classifier.forward_features: TorchScript (export) cannot compile super()
         for stage in self.stages:
             x = stage(x)
         return x
