@@ -148,3 +148,32 @@ def test_resume_continues_where_an_uninterrupted_run_ends(tmp_path: Path) -> Non
 def test_resume_of_a_missing_run_is_a_clear_error(tmp_path: Path) -> None:
     proc = run(str(ROOT / "train.py"), f"resume={tmp_path / 'nothing'}", check=False)
     assert proc.returncode != 0 and "last.ckpt does not exist" in proc.stderr
+
+
+@pytest.mark.slow
+def test_gradual_unfreezing_runs_under_ddp_sim(tmp_path: Path) -> None:
+    out = tmp_path / "ddp_gradual"
+    run(
+        str(ROOT / "train.py"),
+        "trainer=ddp_sim",
+        "model=resnet",
+        "finetune=gradual",
+        "finetune.unfreeze_every=1",
+        "debug=limit",
+        "trainer.max_epochs=3",
+        f"hydra.run.dir={out}",
+        *QUIET,
+    )
+    ckpt = torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)
+    assert ckpt["epoch"] == 2
+    assert [g["name"] for g in ckpt["optimizer_states"][0]["param_groups"]][-1] == "head"
+
+
+@pytest.mark.slow
+def test_transfer_demo_writes_its_comparison(tmp_path: Path) -> None:
+    proc = run(str(ROOT / "scripts" / "transfer_demo.py"), "--seeds", "1", "--out", str(tmp_path))
+    summary = json.loads((tmp_path / "metrics.json").read_text())
+    for key in ("source/test/acc", "scratch/test/acc", "finetune/test/acc", "gain"):
+        assert isinstance(summary[key], float), key
+    assert summary["gain"] == pytest.approx(summary["finetune/test/acc"] - summary["scratch/test/acc"])
+    assert "scratch" in proc.stdout and (tmp_path / "finetune_seed0" / "metrics.json").is_file()
