@@ -105,7 +105,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if cfg.get("tuner", {}).get("lr_find"):
         from cnnlab.tuning import find_learning_rate
 
-        find_learning_rate(trainer, task, datamodule, output_dir)
+        options = {k: v for k, v in cfg.tuner.items() if k != "lr_find"}
+        find_learning_rate(trainer, task, datamodule, output_dir, **options)
 
     trainer.fit(task, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
     metrics: dict[str, Any] = dict(trainer.callback_metrics)

@@ -142,3 +142,12 @@ def test_bad_values_are_clear_errors(make_cfg, override: str) -> None:
     cfg = make_cfg("debug=fdr", override)
     with pytest.raises(ValueError, match=override.split("=")[0]):
         train(cfg)
+
+
+def test_lr_finder_in_the_pipeline_sets_the_rate_it_plots(make_cfg, tmp_path: Path) -> None:
+    cfg = make_cfg("tuner.lr_find=true", "tuner.num_training=30", "trainer.max_epochs=2", "export=null")
+    record = train(cfg)
+    assert (tmp_path / "run" / "lr_find.png").stat().st_size > 0
+    ckpt = torch.load(record["best_checkpoint"], weights_only=True)
+    lr = ckpt["hyper_parameters"]["optimizer"]["lr"]
+    assert lr != cfg.optimizer.lr and 1e-7 <= lr <= 1.0
