@@ -96,6 +96,10 @@ def test_multirun_runs_each_job_in_its_own_folder(tmp_path: Path) -> None:
     models = [json.loads(json.dumps((p / ".hydra" / "overrides.yaml").read_text())) for p in jobs]
     assert "model=mlp" in models[0] and "model=simple_cnn" in models[1]
     assert all((p / "metrics.json").is_file() for p in jobs)
+    assert all(json.loads((p / "status.json").read_text())["status"] == "completed" for p in jobs)
+    rows = (sweep / "results.csv").read_text().splitlines()
+    assert rows[0].startswith("job,status,overrides,val/acc") and len(rows) == 3
+    assert "## Mean +/- std over seeds" in (sweep / "results.md").read_text()
 
 
 def test_ddp_inside_a_multirun_is_refused(tmp_path: Path) -> None:

@@ -1,0 +1,145 @@
+"""Sweep reports: every job's status, and a table of a multirun's results (read from run folders only).
+
+A Hydra callback (``conf/hydra/default.yaml``) writes ``status.json`` into each job's folder and, when a sweep
+ends, ``results.csv`` and ``results.md`` into the sweep folder: one row per job, then one row per
+configuration with the mean +/- std over seeds, and the command that re-runs only the failed jobs.
+``python -m cnnlab.report SWEEP_DIR`` writes the same tables again at any time.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import statistics
+import sys
+from pathlib import Path
+from typing import Any
+
+from hydra.core.utils import JobReturn, JobStatus
+from hydra.experimental.callback import Callback
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
+
+COLUMNS = ("val/acc", "test/acc", "test/f1", "test/loss")
+
+
+class SweepReport(Callback):
+    """Hydra callback: ``status.json`` per job, results tables per sweep."""
+
+    def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
+        if os.environ.get("LOCAL_RANK", "0") != "0":  # DDP's other processes share rank 0's folder
+            return
+        status: dict[str, Any] = {"status": job_return.status.name.lower()}
+        if job_return.status == JobStatus.FAILED:
+            error = job_return._return_value
+            status["error"] = " ".join(f"{type(error).__name__}: {error}".split())  # one line, for the tables
+        elif isinstance(job_return._return_value, (int, float)):
+            status[str(config.get("optimized_metric"))] = float(job_return._return_value)
+        status["overrides"] = list(job_return.overrides or [])
+        folder = Path(config.hydra.runtime.output_dir)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "status.json").write_text(json.dumps(status, indent=2) + "\n")
+        if config.hydra.mode == RunMode.MULTIRUN:
+            # after every job, not at the sweep's end: Hydra skips on_multirun_end when a job failed
+            write_report(Path(config.hydra.sweep.dir))
+
+
+def read_jobs(sweep_dir: Path) -> list[dict[str, Any]]:
+    """One record per job folder: its number, overrides, status and final metrics."""
+    jobs = []
+    for folder in sorted(
+        (p for p in sweep_dir.iterdir() if p.is_dir() and p.name.isdigit()), key=lambda p: int(p.name)
+    ):
+        overrides_file = folder / ".hydra" / "overrides.yaml"
+        overrides = [str(o) for o in OmegaConf.load(overrides_file)] if overrides_file.is_file() else []
+        status_file, metrics_file = folder / "status.json", folder / "metrics.json"
+        status = json.loads(status_file.read_text()) if status_file.is_file() else {"status": "unknown"}
+        metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
+        jobs.append({"job": int(folder.name), "overrides": overrides, "status": status, "metrics": metrics})
+    return jobs
+
+
+def _config_key(overrides: list[str]) -> str:
+    return " ".join(o for o in overrides if not o.startswith("seed=")) or "(defaults)"
+
+
+def summarize(jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Completed jobs grouped by their overrides without ``seed``: mean and std of every column."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for job in jobs:
+        if job["status"]["status"] == "completed":
+            groups.setdefault(_config_key(job["overrides"]), []).append(job["metrics"])
+    rows = []
+    for key, runs in groups.items():
+        row: dict[str, Any] = {"config": key, "runs": len(runs)}
+        for column in COLUMNS:
+            values = [r[column] for r in runs if isinstance(r.get(column), (int, float))]
+            if values:
+                row[column] = (statistics.mean(values), statistics.pstdev(values))
+        rows.append(row)
+    return rows
+
+
+def write_report(sweep_dir: Path) -> Path:
+    """Write ``results.csv`` (one row per job) and ``results.md`` (per job, per configuration, failures)."""
+    jobs = read_jobs(sweep_dir)
+    with (sweep_dir / "results.csv").open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["job", "status", "overrides", *COLUMNS])
+        for job in jobs:
+            writer.writerow(
+                [
+                    job["job"],
+                    job["status"]["status"],
+                    " ".join(job["overrides"]),
+                    *(job["metrics"].get(c, "") for c in COLUMNS),
+                ]
+            )
+    lines = [
+        f"# Sweep {sweep_dir.name}",
+        "",
+        "| job | status | overrides | " + " | ".join(COLUMNS) + " |",
+        "|---" * (3 + len(COLUMNS)) + "|",
+    ]
+    for job in jobs:
+        cells = [_fmt(job["metrics"].get(c)) for c in COLUMNS]
+        lines.append(
+            f"| {job['job']} | {job['status']['status']} | {' '.join(job['overrides'])} | "
+            + " | ".join(cells)
+            + " |"
+        )
+    lines += [
+        "",
+        "## Mean +/- std over seeds",
+        "",
+        "| config | runs | " + " | ".join(COLUMNS) + " |",
+        "|---" * (2 + len(COLUMNS)) + "|",
+    ]
+    for row in summarize(jobs):
+        cells = [f"{row[c][0]:.4f} +/- {row[c][1]:.4f}" if c in row else "" for c in COLUMNS]
+        lines.append(f"| {row['config']} | {row['runs']} | " + " | ".join(cells) + " |")
+    failed = [job for job in jobs if job["status"]["status"] != "completed"]
+    if failed:
+        lines += ["", "## Failed jobs", ""]
+        lines += [f"- job {j['job']}: {j['status'].get('error', j['status']['status'])}" for j in failed]
+        lines += ["", "Re-run only these:", ""]
+        lines += [f"    python train.py {' '.join(j['overrides'])}" for j in failed]
+    path = sweep_dir / "results.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.4f}" if isinstance(value, (int, float)) else ""
+
+
+def main() -> None:
+    """Command line: write the tables of a sweep folder."""
+    if len(sys.argv) != 2 or not Path(sys.argv[1]).is_dir():
+        sys.exit("usage: python -m cnnlab.report SWEEP_DIR (a folder under outputs/multirun/)")
+    print(write_report(Path(sys.argv[1])).read_text())
+
+
+if __name__ == "__main__":
+    main()
