@@ -1,7 +1,7 @@
-"""Transfer learning, offline: pretrain on digits 0-4, then learn digits 5-9 from 5 images per class,
+"""Transfer learning, offline: pretrain on digits 0-4, then learn digits 5-9 from 2 images per class,
 once from scratch and once fine-tuning the pretrained stages, over several seeds.
 
-    python scripts/transfer_demo.py [--seeds 3] [--out outputs/transfer_demo/<date>]
+    python scripts/transfer_demo.py [--seeds 8] [--per-class 2] [--finetune none] [--out DIR]
 
 Writes ``metrics.json`` (test accuracy per arm: mean, std and every seed; the gain of fine-tuning) and
 prints a table. Every run is an ordinary cnnlab run folder under ``--out``.
@@ -39,9 +39,9 @@ def config(out: Path, *overrides: str) -> DictConfig:
 def main() -> None:
     """Run the demo and write its table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--per-class", type=int, default=5, help="target training images per class")
-    parser.add_argument("--finetune", default="partial", help="the finetune option of the fine-tuning arm")
+    parser.add_argument("--seeds", type=int, default=8)
+    parser.add_argument("--per-class", type=int, default=2, help="target images per class (train + validation)")
+    parser.add_argument("--finetune", default="none", help="the finetune option of the fine-tuning arm")
     parser.add_argument(
         "--out", type=Path, default=Path("outputs/transfer_demo") / time.strftime("%Y-%m-%d_%H-%M-%S")
     )
@@ -51,7 +51,7 @@ def main() -> None:
     checkpoint = source["best_checkpoint"]
     arms: dict[str, list[float]] = {"scratch": [], "finetune": []}
     for seed in range(args.seeds):
-        # scratch trains every stage; fine-tuning starts from the source stages, the first ones frozen
+        # the same recipe twice: every stage from scratch, or starting from the source run's stages
         for arm, weights, finetune in (("scratch", "null", "none"), ("finetune", checkpoint, args.finetune)):
             cfg = config(
                 args.out / f"{arm}_seed{seed}",
