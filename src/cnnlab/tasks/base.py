@@ -78,13 +78,17 @@ class BaseTask(L.LightningModule):
         sched_cfg = copy.deepcopy(dict(self.hparams.scheduler or {}))
         if not sched_cfg.get("scheduler"):
             return optimizer
-        target = sched_cfg.pop("scheduler")
-        # schedules that count steps (OneCycle) learn the run's length from the trainer
+        target = dict(sched_cfg.pop("scheduler"))
+        # schedules that count steps (OneCycle) learn the run's length from the trainer, and their peak rates
+        # from the parameter groups; passed at call time, so Hydra does not turn the list into a ListConfig
+        filled: dict[str, Any] = {}
         if "total_steps" in target and target["total_steps"] is None:
-            target["total_steps"] = int(self.trainer.estimated_stepping_batches)
+            filled["total_steps"] = int(self.trainer.estimated_stepping_batches)
         if "max_lr" in target and target["max_lr"] is None:
-            target["max_lr"] = [group["lr"] for group in optimizer.param_groups]
-        scheduler = instantiate(target, _partial_=True)(optimizer)
+            filled["max_lr"] = [group["lr"] for group in optimizer.param_groups]
+        for key in filled:
+            del target[key]
+        scheduler = instantiate(target, _partial_=True)(optimizer, **filled)
         lr_scheduler = {"scheduler": scheduler, "interval": sched_cfg.get("interval", "epoch")}
         if sched_cfg.get("monitor"):
             lr_scheduler["monitor"] = sched_cfg["monitor"]
