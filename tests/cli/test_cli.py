@@ -175,9 +175,14 @@ def test_gradual_unfreezing_runs_under_ddp_sim(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_transfer_demo_writes_its_comparison(tmp_path: Path) -> None:
-    proc = run(str(ROOT / "scripts" / "transfer_demo.py"), "--seeds", "1", "--out", str(tmp_path))
+    demo = str(ROOT / "scripts" / "transfer_demo.py")
+    proc = run(demo, "--seeds", "1", "--out", str(tmp_path), "trainer.max_epochs=2")
     summary = json.loads((tmp_path / "metrics.json").read_text())
-    for key in ("source/test/acc", "scratch/test/acc", "finetune/test/acc", "gain"):
+    for key in ("source/test/acc", "scratch/test/acc", "finetune/test/acc", "gain", "gain_std"):
         assert isinstance(summary[key], float), key
     assert summary["gain"] == pytest.approx(summary["finetune/test/acc"] - summary["scratch/test/acc"])
-    assert "scratch" in proc.stdout and (tmp_path / "finetune_seed0" / "metrics.json").is_file()
+    assert summary["finetune_wins"] == int(summary["gain"] > 0) and summary["seeds"] == 1
+    # the fine-tuning arm starts from the source run's last epoch
+    assert summary["pretrained_checkpoint"] == str(tmp_path / "pretrain" / "checkpoints" / "last.ckpt")
+    assert "fine-tuning wins" in proc.stdout and summary["overrides"] == ["trainer.max_epochs=2"]
+    assert json.loads((tmp_path / "finetune_seed0" / "metrics.json").read_text())["epochs"] == 2
