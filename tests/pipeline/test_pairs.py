@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from fakedata import write_cifar10, write_image_folder, write_landmarks, write_mnist
 from omegaconf import open_dict
 
 from cnnlab import CONF_DIR
@@ -16,18 +15,6 @@ DATASETS = sorted(p.stem for p in (CONF_DIR / "data").glob("*.yaml"))
 # photo datasets run at a small size here; Inception v3 needs 75 px at least
 PHOTO_SIZE = {"image_size": 64, "resize_size": 72}
 NEEDS_75PX = {"inception_v3"}
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Small files in every dataset's real on-disk format."""
-    root = tmp_path_factory.mktemp("data")
-    write_mnist(root / "mnist", n_train=40, n_test=10)
-    write_mnist(root / "fashion_mnist", n_train=40, n_test=10, fashion=True)
-    write_cifar10(root / "cifar10", n_train_per_batch=8, n_test=10)
-    write_image_folder(root / "folder", ["cat", "dog", "fox"], n_per_class=6)
-    write_landmarks(root / "landmarks", n_classes=3, n_per_class=6)
-    return root
 
 
 def test_every_option_is_covered() -> None:
