@@ -102,6 +102,18 @@ def test_multirun_runs_each_job_in_its_own_folder(tmp_path: Path) -> None:
     assert "## Mean +/- std over seeds" in (sweep / "results.md").read_text()
 
 
+def test_freeze_depth_sweep_runs_every_depth(tmp_path: Path) -> None:
+    sweep = tmp_path / "sweep"
+    args = ["-m", "finetune=partial", "finetune.freeze=0,1,2,3,all", "debug=fdr", f"hydra.sweep.dir={sweep}"]
+    run(str(ROOT / "train.py"), *args, *QUIET)
+    rows = (sweep / "results.csv").read_text().splitlines()[1:]
+    assert len(rows) == 5 and all(",completed," in row for row in rows)
+    # each job froze what it was asked to (simple_cnn has three stages)
+    logs = [(sweep / str(job) / "train.log").read_text() for job in range(5)]
+    for log, frozen in zip(logs, [0, 1, 2, 3, 3], strict=True):
+        assert f"{frozen} of 3 stages frozen at epoch 0" in log
+
+
 def test_ddp_inside_a_multirun_is_refused(tmp_path: Path) -> None:
     proc = run(
         str(ROOT / "train.py"),
