@@ -79,3 +79,13 @@ def check_pairing(cfg: DictConfig) -> None:
 
 # `${lt:${data.image_size},64}`: model configs pick small-image variants from the data's image size
 OmegaConf.register_new_resolver("lt", lambda a, b: a < b, replace=True)
+
+
+def _class_folders(root: str) -> int:
+    from cnnlab.data.image_folder import count_class_folders  # Lightning, only where a config asks
+
+    return count_class_folders(root)
+
+
+# `${class_folders:${data.root}}`: a photo folder's number of classes, counted from root/train
+OmegaConf.register_new_resolver("class_folders", _class_folders, replace=True)

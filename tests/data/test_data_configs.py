@@ -10,9 +10,9 @@ from fakedata import write_image_folder, write_mnist
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import DictConfig
-from omegaconf.errors import MissingMandatoryValue
+from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue
 
-from cnnlab import CONF_DIR
+from cnnlab import CONF_DIR, config  # noqa: F401  (config registers the resolvers)
 
 
 def data_config(*overrides: str) -> DictConfig:
@@ -36,22 +36,30 @@ def test_config_builds_its_datamodule(option: str, target: str, size: int, mean:
     assert str(dm.root).startswith("/somewhere/") and dm.allow_download
 
 
-def test_image_folder_config_requires_root_and_classes(tmp_path: Path) -> None:
+def test_image_folder_config_requires_root_and_counts_classes(tmp_path: Path) -> None:
     with pytest.raises(MissingMandatoryValue, match="data.root"):
         instantiate(data_config("data=image_folder"))
-    root = write_image_folder(tmp_path, ["a", "b"], n_per_class=5)
-    cfg = data_config(
-        "data=image_folder",
-        f"data.root={root}",
-        "data.num_classes=2",
-        "data.image_size=32",
-        "data.resize_size=36",
-        "data.num_workers=0",
-    )
+    root = write_image_folder(tmp_path, ["a", "b", "c"], n_per_class=5)
+    sizes = ["data.image_size=32", "data.resize_size=36", "data.num_workers=0"]
+    cfg = data_config("data=image_folder", f"data.root={root}", *sizes)
+    assert cfg.num_classes == 3  # one per folder of train/
     dm = instantiate(cfg)
     dm.setup("fit")
     images, _ = next(iter(dm.val_dataloader()))
-    assert images.shape[1:] == (3, 32, 32) and dm.class_names == ["a", "b"]
+    assert images.shape[1:] == (3, 32, 32) and dm.class_names == ["a", "b", "c"]
+    # a number given on the command line wins, and is still checked against the folders
+    dm = instantiate(data_config("data=image_folder", f"data.root={root}", "data.num_classes=2", *sizes))
+    with pytest.raises(ValueError, match="set data.num_classes=3"):
+        dm.setup("fit")
+
+
+def test_image_folder_classes_of_a_missing_folder_is_a_clear_error(tmp_path: Path) -> None:
+    cfg = data_config("data=image_folder", f"data.root={tmp_path / 'nowhere'}")
+    with pytest.raises(InterpolationResolutionError, match="nowhere/train does not exist.*data.num_classes"):
+        instantiate(cfg)
+    (tmp_path / "empty" / "train").mkdir(parents=True)
+    with pytest.raises(InterpolationResolutionError, match="has no class folders"):
+        _ = data_config("data=image_folder", f"data.root={tmp_path / 'empty'}").num_classes
 
 
 def test_mnist_config_reads_files_from_data_dir(tmp_path: Path) -> None:

@@ -181,6 +181,20 @@ def landmark_name(folder: str) -> str:
     return re.sub(r"^\d+\.", "", folder).replace("_", " ")
 
 
+def count_class_folders(root: str | os.PathLike) -> int:
+    """The number of class folders in ``root/train``: ``data.num_classes`` of a photo folder, by default."""
+    train = Path(root).expanduser() / "train"
+    if not train.is_dir():
+        raise DatasetNotFoundError(
+            f"cannot count the classes: {train} does not exist. data.root must hold train/<class>/ and "
+            "test/<class>/ folders; or set data.num_classes"
+        )
+    count = len(_class_folders(train))
+    if count == 0:
+        raise DatasetFormatError(f"cannot count the classes: {train} has no class folders")
+    return count
+
+
 def _class_folders(split_dir: Path) -> list[str]:
     # hidden folders are tool litter (Jupyter's .ipynb_checkpoints, macOS metadata), never classes
     return sorted(
