@@ -54,6 +54,16 @@ def adopt_weights_normalization(cfg: DictConfig, datamodule: L.LightningDataModu
         )
 
 
+class _NoAdverts(logging.Filter):
+    """Drops Lightning's "Tip: try installing <hosted service>" lines, printed at every Trainer's start."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("💡 Tip:")
+
+
+logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_NoAdverts())
+
+
 def make_trainer(cfg: DictConfig) -> L.Trainer:
     """The Trainer with the run's callbacks and loggers."""
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,7 @@ from cnnlab.checkpoints import load_task
 from cnnlab.config import ConfigError, check_pairing
 from cnnlab.data.digits import DigitsDataModule
 from cnnlab.evaluate import evaluate
-from cnnlab.train import train
+from cnnlab.train import make_trainer, train
 
 
 @pytest.fixture(scope="module")
@@ -103,6 +104,13 @@ def test_eval_reproduces_the_test_metrics(trained: tuple[Path, dict], tmp_path: 
     metrics = evaluate(cfg)
     assert metrics["test/acc"] == pytest.approx(record["test/acc"], abs=1e-6)
     assert json.loads((tmp_path / "metrics.json").read_text())["test/acc"] == metrics["test/acc"]
+
+
+def test_trainer_start_logs_devices_without_adverts(make_cfg, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.INFO, logger="lightning.pytorch"):
+        make_trainer(make_cfg())
+    assert "GPU available" in caplog.text  # Lightning's own account of the run still shows
+    assert "Tip:" not in caplog.text and "litlogger" not in caplog.text
 
 
 def test_eval_refuses_a_missing_checkpoint(make_cfg, tmp_path: Path) -> None:
