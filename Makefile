@@ -28,7 +28,7 @@ test-all: $(STAMP) ## every test, slow ones included
 sweep: $(STAMP) ## a small example multirun: 2 models x 2 optimizers on digits
 	$(PY) train.py -m model=mlp,simple_cnn optimizer=sgd,adam $(ARGS)
 
-transfer-demo: $(STAMP) ## offline transfer learning: pretrain on digits 0-4, scratch vs fine-tune on 5-9
+transfer-demo: $(STAMP) ## offline transfer learning on translated digits: 0-4 pretrain, scratch vs fine-tune on 5-9
 	$(PY) scripts/transfer_demo.py $(ARGS)
 
 eval: $(STAMP) ## evaluate a checkpoint: make eval CKPT=outputs/.../checkpoints/best.ckpt

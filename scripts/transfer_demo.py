@@ -52,7 +52,9 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*", help="config overrides of every run (source and both arms)")
     args = parser.parse_args()
 
-    source = train(config(args.out / "pretrain", "experiment=transfer_demo_pretrain", *args.overrides))
+    source_cfg = config(args.out / "pretrain", "experiment=transfer_demo_pretrain", *args.overrides)
+    digits = "translated digits" if source_cfg.data.get("canvas") else "digits"
+    source = train(source_cfg)
     source_ckpt = source["best_checkpoint"]
     arms: dict[str, list[float]] = {"scratch": [], "finetune": []}
     tune = [f"finetune={args.finetune}"] + ([f"finetune.freeze={args.freeze}"] if args.freeze else [])
@@ -88,8 +90,8 @@ def main() -> None:
         "pretrained_checkpoint": source_ckpt,
     }
     (args.out / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
-    print(f"\nsource (translated digits 0-4, all images): test acc {source['test/acc']:.3f}")
-    target = f"translated digits 5-9, {args.per_class} images per class"
+    print(f"\nsource ({digits} 0-4, all images): test acc {source['test/acc']:.3f}")
+    target = f"{digits} 5-9, {args.per_class} images per class"
     print(f"target ({target}), test acc over {args.seeds} seeds:")
     for arm, values in arms.items():
         per_seed = " ".join(f"{v:.3f}" for v in values)
