@@ -81,11 +81,11 @@ def check_pairing(cfg: DictConfig) -> None:
 OmegaConf.register_new_resolver("lt", lambda a, b: a < b, replace=True)
 
 
-def _class_folders(root: str) -> int:
+def _count_class_folders(root: str) -> int:
     from cnnlab.data.image_folder import count_class_folders  # Lightning, only where a config asks
 
     return count_class_folders(root)
 
 
 # `${class_folders:${data.root}}`: a photo folder's number of classes, counted from root/train
-OmegaConf.register_new_resolver("class_folders", _class_folders, replace=True)
+OmegaConf.register_new_resolver("class_folders", _count_class_folders, replace=True)

@@ -12,6 +12,8 @@ import pytest
 import torch
 from PIL import Image
 
+from cnnlab.checkpoints import read_checkpoint
+
 ROOT = Path(__file__).resolve().parents[2]
 QUIET = ["callbacks.progress_bar=null", "callbacks.model_summary=null", "trainer.accelerator=cpu"]
 
@@ -188,7 +190,8 @@ def test_gradual_unfreezing_runs_under_ddp_sim(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_transfer_demo_writes_its_comparison(tmp_path: Path) -> None:
     demo = str(ROOT / "scripts" / "transfer_demo.py")
-    proc = run(demo, "--seeds", "1", "--out", str(tmp_path), "trainer.max_epochs=2")
+    args = ["--seeds", "1", "--finetune", "partial", "--freeze", "all", "--out", str(tmp_path)]
+    proc = run(demo, *args, "trainer.max_epochs=2")
     summary = json.loads((tmp_path / "metrics.json").read_text())
     for key in ("source/test/acc", "scratch/test/acc", "finetune/test/acc", "gain", "gain_std"):
         assert isinstance(summary[key], float), key
@@ -198,3 +201,8 @@ def test_transfer_demo_writes_its_comparison(tmp_path: Path) -> None:
     assert summary["pretrained_checkpoint"] == str(tmp_path / "pretrain" / "checkpoints" / "last.ckpt")
     assert "fine-tuning wins" in proc.stdout and summary["overrides"] == ["trainer.max_epochs=2"]
     assert json.loads((tmp_path / "finetune_seed0" / "metrics.json").read_text())["epochs"] == 2
+    # --freeze all reached the fine-tuning run: its stages are still the source's, tensor for tensor
+    source = read_checkpoint(summary["pretrained_checkpoint"])["state_dict"]
+    tuned = read_checkpoint(tmp_path / "finetune_seed0" / "checkpoints" / "last.ckpt")["state_dict"]
+    stages = [k for k in source if k.startswith("net.stages.")]
+    assert stages and all(torch.equal(tuned[k], source[k]) for k in stages)
