@@ -7,6 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import torch
 import torchvision.datasets.cifar
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
@@ -17,6 +18,12 @@ from cnnlab import CONF_DIR
 
 # every test runs on the CPU, also where a GPU is present
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # one thread per test process: `-n 2` on two cores with torch's two threads each oversubscribes the cores,
+    # and OpenMP's waiting threads then make small models several times slower; the variable reaches the
+    # train.py subprocesses some tests start
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
 
 
 @pytest.fixture

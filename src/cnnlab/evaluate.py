@@ -26,8 +26,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     ckpt_path = Path(cfg.ckpt_path)
     saved = OmegaConf.create(checkpoints.run_config(checkpoints.read_checkpoint(ckpt_path)))
     data_cfg = OmegaConf.merge(saved.data, cfg.get("data") or {})
-    datamodule = instantiate(data_cfg, augmentation=None)
     task = checkpoints.load_task(ckpt_path)
+    datamodule = instantiate(data_cfg, _partial_=True)(augmentation=None, spec=task.samples)
     callbacks = [
         instantiate(c)
         for c in (saved.get("callbacks") or {}).values()

@@ -55,7 +55,9 @@ def parameter_groups(net: nn.Module, lr: float, cfg: Mapping[str, Any]) -> list[
     for i, stage in enumerate(stages):
         scale = mult * decay ** (len(stages) - i)
         groups.append({"params": list(stage.parameters()), "lr": lr * scale, "name": f"stage{i}"})
-    rest = [p for name, p in net.named_parameters() if not name.startswith("stages.")]
+    # by identity, not by name: a network may reach its stages under other names (a detector's backbone)
+    in_stages = {id(p) for stage in stages for p in stage.parameters()}
+    rest = [p for p in net.parameters() if id(p) not in in_stages]
     groups.append({"params": rest, "lr": lr, "name": "head"})
     return groups
 

@@ -1,16 +1,25 @@
-"""Classify images with an exported model: ``cnnlab-predict export/model.pt IMAGE... [--top-k 5]``.
+"""Run an exported model on image files: ``cnnlab-predict export/model.pt IMAGE... [options]``.
 
-Needs torch and torchvision's image decoder only: no cnnlab training code, no Lightning, no Hydra.
+What is shown (top-k classes, a score and decision, a mask or boxes written beside the images) belongs to the
+model's task: its serving module (``cnnlab.serving.<task>``, named inside the model) adds the options and
+shows the results. Needs torch and torchvision only: no cnnlab training code, no Lightning, no Hydra.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
+import warnings
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from types import ModuleType
 
 import torch
-from torchvision.io import ImageReadMode, decode_image
+
+from cnnlab.data.io import ImageReadError, read_image
+
+SERVING_PACKAGE = "cnnlab.serving."
 
 
 def load_model(path: str | Path) -> torch.jit.ScriptModule:
@@ -20,47 +29,48 @@ def load_model(path: str | Path) -> torch.jit.ScriptModule:
         raise FileNotFoundError(
             f"exported model {path} does not exist (train.py writes <run>/export/model.pt)"
         )
-    return torch.jit.load(str(path), map_location="cpu").eval()
+    with warnings.catch_warnings():
+        # TorchScript is deprecated in favour of torch.export, yet still the format exported models are in
+        warnings.simplefilter("ignore", FutureWarning)
+        return torch.jit.load(str(path), map_location="cpu").eval()
 
 
-def read_image(path: str | Path, channels: int) -> torch.Tensor:
-    """An image file as a uint8 tensor (C, H, W) with the model's number of channels."""
-    mode = ImageReadMode.GRAY if channels == 1 else ImageReadMode.RGB
-    try:
-        return decode_image(str(path), mode=mode)
-    except (RuntimeError, ValueError) as err:
-        raise ValueError(f"{path}: not an image torchvision can read ({err})") from err
+def serving_of(model: torch.jit.ScriptModule) -> ModuleType:
+    """The serving module that knows how to show this model's predictions."""
+    name = str(getattr(model, "serving", ""))
+    if not name.startswith(SERVING_PACKAGE):
+        raise ValueError(f"the model names no cnnlab serving module ({name!r}); export it with cnnlab.export")
+    return importlib.import_module(name)
 
 
-@torch.inference_mode()
-def predict(model: torch.jit.ScriptModule, image: torch.Tensor, top_k: int = 5) -> list[tuple[str, float]]:
-    """The ``top_k`` (class name, probability) pairs for one image, most likely first."""
-    probs = model(image)[0]
-    values, indices = probs.topk(min(top_k, probs.numel()))
-    return [(model.class_names[i], float(v)) for v, i in zip(values.tolist(), indices.tolist(), strict=True)]
+def read_images(
+    paths: Sequence[Path], channels: int, failures: list[Path]
+) -> Iterator[tuple[Path, torch.Tensor]]:
+    """Each readable image as (path, tensor); unreadable ones go to stderr and to ``failures``."""
+    for path in paths:
+        try:
+            yield path, read_image(path, channels)
+        except ImageReadError as err:
+            print(f"cnnlab-predict: {err}", file=sys.stderr)
+            failures.append(path)
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Command line: print the top-k classes of each image."""
+    """Command line: show the model's predictions for each image."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("model", type=Path, help="an exported model.pt")
     parser.add_argument("images", type=Path, nargs="+", help="image files (PNG, JPEG, ...)")
-    parser.add_argument("--top-k", type=int, default=5)
-    args = parser.parse_args(argv)
+    known, _ = parser.parse_known_args(argv)
     try:
-        model = load_model(args.model)
-    except (FileNotFoundError, RuntimeError) as err:
+        model = load_model(known.model)
+        serving = serving_of(model)
+    except (FileNotFoundError, RuntimeError, ValueError) as err:
         parser.exit(2, f"cnnlab-predict: {err}\n")
-    failed = 0
-    for path in args.images:
-        try:
-            ranked = predict(model, read_image(path, int(model.in_channels)), args.top_k)
-        except (FileNotFoundError, ValueError) as err:
-            print(f"cnnlab-predict: {err}", file=sys.stderr)
-            failed += 1
-            continue
-        print(f"{path}: " + ", ".join(f"{name} {p:.3f}" for name, p in ranked))
-    sys.exit(1 if failed else 0)
+    serving.add_arguments(parser)
+    args = parser.parse_args(argv)
+    failures: list[Path] = []
+    serving.show(model, read_images(args.images, int(model.in_channels), failures), args)
+    sys.exit(1 if failures else 0)
 
 
 if __name__ == "__main__":

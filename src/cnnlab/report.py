@@ -21,7 +21,8 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-COLUMNS = ("val/acc", "test/acc", "test/f1", "test/loss")
+#: at most this many test metrics in the tables, after the optimised one (per-class figures stay in the jobs)
+MAX_TEST_COLUMNS = 6
 
 
 class SweepReport(Callback):
@@ -60,64 +61,110 @@ def read_jobs(sweep_dir: Path) -> list[dict[str, Any]]:
     return jobs
 
 
-def _config_key(overrides: list[str]) -> str:
-    return " ".join(o for o in overrides if not o.startswith("seed=")) or "(defaults)"
+def _config_key(overrides: list[str], common: set[str] = frozenset()) -> str:
+    kept = [o for o in overrides if not o.startswith("seed=") and o not in common]
+    return " ".join(kept) or "(defaults)"
 
 
-def summarize(jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Completed jobs grouped by their overrides without ``seed``: mean and std of every column."""
+def common_overrides(jobs: list[dict[str, Any]]) -> list[str]:
+    """The overrides every job of the sweep shares (shown once, not in every row)."""
+    if len(jobs) < 2:
+        return []
+    shared = set(jobs[0]["overrides"]).intersection(*(set(j["overrides"]) for j in jobs[1:]))
+    return [o for o in jobs[0]["overrides"] if o in shared]
+
+
+def columns(jobs: list[dict[str, Any]]) -> list[str]:
+    """The optimised metric (its best value), then the test metrics the jobs report, as table columns."""
+    optimized = sorted({j["metrics"]["optimized_metric"] for j in jobs if "optimized_metric" in j["metrics"]})
+    found = sorted(
+        {k for j in jobs for k, v in j["metrics"].items() if k.startswith("test/") and isinstance(v, float)}
+    )
+    return [f"best/{m}" for m in optimized] + found[:MAX_TEST_COLUMNS]
+
+
+def ranking(jobs: list[dict[str, Any]]) -> tuple[str | None, bool]:
+    """The column sweeps are ranked by and whether higher is better, from the jobs' metrics.json."""
+    for job in jobs:
+        metrics = job["metrics"]
+        if "optimized_metric" in metrics:
+            return f"best/{metrics['optimized_metric']}", metrics.get("optimized_mode", "max") == "max"
+    return None, True
+
+
+def summarize(jobs: list[dict[str, Any]], cols: list[str] | None = None) -> list[dict[str, Any]]:
+    """Completed jobs grouped by overrides without ``seed``: mean and std of every column, best first."""
+    cols = columns(jobs) if cols is None else cols
+    common = set(common_overrides(jobs))
     groups: dict[str, list[dict[str, Any]]] = {}
     for job in jobs:
         if job["status"]["status"] == "completed":
-            groups.setdefault(_config_key(job["overrides"]), []).append(job["metrics"])
+            groups.setdefault(_config_key(job["overrides"], common), []).append(job["metrics"])
     rows = []
     for key, runs in groups.items():
         row: dict[str, Any] = {"config": key, "runs": len(runs)}
-        for column in COLUMNS:
+        for column in cols:
             values = [r[column] for r in runs if isinstance(r.get(column), (int, float))]
             if values:
                 row[column] = (statistics.mean(values), statistics.pstdev(values))
         rows.append(row)
+    rank_by, higher = ranking(jobs)
+    if rank_by is not None:
+        missing = float("-inf") if higher else float("inf")
+        rows.sort(key=lambda r: r[rank_by][0] if rank_by in r else missing, reverse=higher)
     return rows
 
 
 def write_report(sweep_dir: Path) -> Path:
     """Write ``results.csv`` (one row per job) and ``results.md`` (per job, per configuration, failures)."""
     jobs = read_jobs(sweep_dir)
+    cols = columns(jobs)
     with (sweep_dir / "results.csv").open("w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["job", "status", "overrides", *COLUMNS])
+        writer.writerow(["job", "status", "overrides", *cols])
         for job in jobs:
             writer.writerow(
                 [
                     job["job"],
                     job["status"]["status"],
                     " ".join(job["overrides"]),
-                    *(job["metrics"].get(c, "") for c in COLUMNS),
+                    *(job["metrics"].get(c, "") for c in cols),
                 ]
             )
-    lines = [
-        f"# Sweep {sweep_dir.name}",
-        "",
-        "| job | status | overrides | " + " | ".join(COLUMNS) + " |",
-        "|---" * (3 + len(COLUMNS)) + "|",
+    common = common_overrides(jobs)
+    lines = [f"# Sweep {sweep_dir.name}", ""]
+    if common:
+        lines += [f"Every job: `{' '.join(common)}`", ""]
+    lines += [
+        "| job | status | overrides | " + " | ".join(cols) + " |",
+        "|---" * (3 + len(cols)) + "|",
     ]
     for job in jobs:
-        cells = [_fmt(job["metrics"].get(c)) for c in COLUMNS]
+        cells = [_fmt(job["metrics"].get(c)) for c in cols]
         lines.append(
-            f"| {job['job']} | {job['status']['status']} | {' '.join(job['overrides'])} | "
+            f"| {job['job']} | {job['status']['status']} | "
+            + (" ".join(o for o in job["overrides"] if o not in common) or "(defaults)")
+            + " | "
             + " | ".join(cells)
             + " |"
         )
+    rank_by, higher = ranking(jobs)
+    order = f", best first by {rank_by} ({'higher' if higher else 'lower'} is better)" if rank_by else ""
     lines += [
         "",
-        "## Mean +/- std over seeds",
+        f"## Mean +/- std over seeds{order}",
         "",
-        "| config | runs | " + " | ".join(COLUMNS) + " |",
-        "|---" * (2 + len(COLUMNS)) + "|",
+        "| config | runs | " + " | ".join(cols) + " |",
+        "|---" * (2 + len(cols)) + "|",
     ]
-    for row in summarize(jobs):
-        cells = [f"{row[c][0]:.4f} +/- {row[c][1]:.4f}" if c in row else "" for c in COLUMNS]
+    for row in summarize(jobs, cols):
+        # a spread needs more than one run: a single seed shows its value alone
+        cells = [
+            (f"{row[c][0]:.4f} +/- {row[c][1]:.4f}" if row["runs"] > 1 else f"{row[c][0]:.4f}")
+            if c in row
+            else ""
+            for c in cols
+        ]
         lines.append(f"| {row['config']} | {row['runs']} | " + " | ".join(cells) + " |")
     failed = [job for job in jobs if job["status"]["status"] != "completed"]
     if failed:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import shlex
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -12,19 +11,44 @@ from typing import Any
 import torch
 from omegaconf import OmegaConf
 
-RUNS_DIR = Path("outputs") / "train" / "runs"
 LAST_CKPT = Path("checkpoints") / "last.ckpt"
 
 
-def find_run(spec: str, runs_dir: Path = RUNS_DIR) -> Path:
-    """The run folder named by ``spec``: a path, or ``latest`` for the newest run with a last checkpoint."""
+def runs_dir(argv: Sequence[str]) -> Path:
+    """Where single runs live: ``<paths.output_root>/train/runs``, the root as the command line sets it."""
+    from hydra import compose, initialize_config_dir
+
+    from cnnlab import CONF_DIR
+
+    overrides = [a for a in argv if not a.startswith(("resume=", "hydra.", "-"))]
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        root = compose("train", overrides=overrides).paths.output_root
+    return Path(str(root)).expanduser() / "train" / "runs"
+
+
+def find_run(spec: str, runs_dir: Path) -> Path:
+    """The run folder named by ``spec``: a path, or ``latest`` for the newest run under ``runs_dir``.
+
+    The newest run is the one resumed; when it cannot be (it stopped before its first checkpoint), the error
+    names it and the newest run that could be resumed, instead of continuing an older, different run.
+    """
     if spec == "latest":
-        candidates = sorted((p.parent.parent for p in runs_dir.glob(f"*/{LAST_CKPT}")), key=lambda p: p.name)
-        if not candidates:
-            raise FileNotFoundError(
-                f"resume=latest: no run under {runs_dir}/ has a {LAST_CKPT} to resume from"
+        folders = sorted((p for p in runs_dir.glob("*") if p.is_dir()), key=lambda p: p.name)
+        if not folders:
+            raise FileNotFoundError(f"resume=latest: there is no run under {runs_dir}/ to resume")
+        newest = folders[-1]
+        if not (newest / LAST_CKPT).is_file():
+            resumable = [p for p in folders if (p / LAST_CKPT).is_file()]
+            other = (
+                f"; the newest run that can be resumed is {resumable[-1]}: resume={resumable[-1]}"
+                if resumable
+                else "; no run there has one"
             )
-        return candidates[-1]
+            raise FileNotFoundError(
+                f"resume=latest: the newest run, {newest}, has no {LAST_CKPT} (it stopped before its first "
+                f"epoch ended), so there is nothing to continue{other}"
+            )
+        return newest
     run = Path(spec).expanduser()
     if not (run / LAST_CKPT).is_file():
         raise FileNotFoundError(
@@ -33,7 +57,7 @@ def find_run(spec: str, runs_dir: Path = RUNS_DIR) -> Path:
     return run
 
 
-def resume_overrides(argv: Sequence[str], runs_dir: Path = RUNS_DIR) -> list[str]:
+def resume_overrides(argv: Sequence[str], runs: Path | None = None) -> list[str]:
     """Rewrite ``resume=<run|latest>`` into the run's own overrides, its folder and its last checkpoint.
 
     The run's saved overrides come first so the resumed run has the same config; any other argument
@@ -42,7 +66,7 @@ def resume_overrides(argv: Sequence[str], runs_dir: Path = RUNS_DIR) -> list[str
     spec = next((a.split("=", 1)[1] for a in argv if a.startswith("resume=")), None)
     if spec is None or spec in ("null", ""):
         return list(argv)
-    run = find_run(spec, runs_dir).resolve()
+    run = find_run(spec, runs if runs is not None else runs_dir(argv)).resolve()
     saved = (
         OmegaConf.load(run / ".hydra" / "overrides.yaml")
         if (run / ".hydra" / "overrides.yaml").is_file()
@@ -53,7 +77,20 @@ def resume_overrides(argv: Sequence[str], runs_dir: Path = RUNS_DIR) -> list[str
     kept = [
         str(o) for o in saved if str(o).split("=", 1)[0].lstrip("+~") not in keys | {"resume", "ckpt_path"}
     ]
-    return kept + rest + [f"hydra.run.dir={shlex.quote(str(run))}", f"ckpt_path={run / LAST_CKPT}"]
+    return kept + rest + [f"hydra.run.dir={_quoted(run)}", f"ckpt_path={_quoted(run / LAST_CKPT)}"]
+
+
+def _quoted(path: Path) -> str:
+    # Hydra's override grammar reads commas, spaces and brackets as syntax: quote any path that has them
+    text = str(path)
+    return repr(text) if any(c in text for c in ",[]{}()= '\"") else text
+
+
+def save_config(cfg: Any, output_dir: Path) -> None:
+    """Rewrite the run's ``.hydra/config.yaml`` with what the run settled (normalisation, a found lr)."""
+    path = output_dir / ".hydra" / "config.yaml"
+    if path.parent.is_dir():
+        OmegaConf.save(cfg, path)
 
 
 def to_number(value: Any) -> float:

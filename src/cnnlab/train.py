@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -15,23 +16,38 @@ import hydra
 import lightning.pytorch as L
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from hydra.utils import get_class, instantiate
+from lightning.pytorch.loggers import TensorBoardLogger
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from cnnlab import CONF_DIR, config, runs
+from cnnlab.tasks.base import BaseTask
 
 log = logging.getLogger(__name__)
 
 
-def build(cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningModule]:
-    """The datamodule and the task (with its network) that ``cfg`` describes."""
-    config.check_pairing(cfg)
-    mix = OmegaConf.to_container(cfg.mix, resolve=True) if cfg.get("mix") else None
-    datamodule = instantiate(cfg.data, augmentation=instantiate(cfg.augmentation), mix=mix)
+def build(cfg: DictConfig) -> tuple[L.LightningDataModule, BaseTask]:
+    """The datamodule and the task (with its network) that ``cfg`` describes.
+
+    Normalisation is settled here, before the datamodule is built: the pretrained weights' statistics
+    (``normalization=auto``) or the training split's, computed once; either is written into ``cfg.data``, so
+    the saved config, the checkpoint and the HPARAMS row all show what the run used.
+    """
+    config.validate(cfg)
+    task_cls = get_class(cfg.task._target_)
     net = instantiate(cfg.model)
-    adopt_weights_normalization(cfg, datamodule, net)
-    # partial, then a call with plain values: Hydra would wrap dict arguments in DictConfig, which
-    # checkpoints then pickle and torch's weights_only loading refuses
+    adopt_weights_normalization(cfg, net)
+    # partial, then a call with the objects: Hydra would turn them into configs
+    datamodule = instantiate(cfg.data, _partial_=True)(
+        augmentation=instantiate(cfg.augmentation), spec=task_cls.samples
+    )
+    if task_cls.samples.normalize and cfg.data.get("mean") is None:
+        datamodule.prepare_data()
+        mean, std = datamodule.statistics()
+        with open_dict(cfg):
+            cfg.data.mean, cfg.data.std = list(mean), list(std)
+    # plain values for the task: Hydra would wrap dict arguments in DictConfig, which checkpoints then
+    # pickle and torch's weights_only loading refuses
     task = instantiate(cfg.task, _partial_=True)(
         net=net,
         optimizer=OmegaConf.to_container(cfg.optimizer, resolve=True),
@@ -42,13 +58,15 @@ def build(cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningModule]:
     return datamodule, task
 
 
-def adopt_weights_normalization(cfg: DictConfig, datamodule: L.LightningDataModule, net: Any) -> None:
-    """Normalise with the statistics the pretrained weights were trained with (``normalization=auto``)."""
-    stats = getattr(net, "preprocessing", None)
-    if cfg.get("normalization", "auto") not in ("auto", "data"):
-        raise config.ConfigError(f"normalization={cfg.normalization}: choose auto (the weights') or data")
-    if cfg.get("normalization", "auto") == "auto" and stats:
-        datamodule.mean, datamodule.std = list(stats["mean"]), list(stats["std"])
+def adopt_weights_normalization(cfg: DictConfig, net: Any) -> None:
+    """Put the pretrained weights' statistics into ``cfg.data`` (``normalization=auto``)."""
+    choice = cfg.get("normalization", "auto")
+    if choice not in ("auto", "data"):
+        raise config.ConfigError(f"normalization={choice}: choose auto (the weights') or data")
+    stats = getattr(net, "preprocessing", None) or {}
+    if choice == "auto" and stats.get("mean") and stats.get("std"):
+        with open_dict(cfg):
+            cfg.data.mean, cfg.data.std = list(stats["mean"]), list(stats["std"])
         log.info(
             "data: normalising with the pretrained weights' mean %s and std %s", stats["mean"], stats["std"]
         )
@@ -62,6 +80,8 @@ class _NoAdverts(logging.Filter):
 
 
 logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_NoAdverts())
+# Lightning 2.6 calls a pytree API that torch 2.14 deprecates: nothing a user of cnnlab can act on
+warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
 
 
 def make_trainer(cfg: DictConfig) -> L.Trainer:
@@ -84,23 +104,23 @@ def refuse_ddp_in_multirun(cfg: DictConfig) -> None:
         )
 
 
-def hparams_for_dashboard(cfg: DictConfig) -> dict[str, Any]:
+def hparams_for_dashboard(cfg: DictConfig, task: BaseTask) -> dict[str, Any]:
     """A flat, fixed set of hyper-parameters, so every run of a sweep lines up in TensorBoard's HPARAMS."""
     picked = config.choices()
     return {
+        "task": picked.get("task", task.name),
         "model": picked.get("model", cfg.model._target_.rsplit(".", 1)[-1]),
         "data": picked.get("data", cfg.data._target_.rsplit(".", 1)[-1]),
         "optimizer": picked.get("optimizer", cfg.optimizer._target_.rsplit(".", 1)[-1]),
         "scheduler": picked.get("scheduler", "none"),
         "augmentation": picked.get("augmentation", "none"),
         "finetune": str(cfg.finetune.get("freeze", 0)),
-        "mixup_alpha": float((cfg.get("mix") or {}).get("mixup_alpha", 0.0)),
-        "cutmix_alpha": float((cfg.get("mix") or {}).get("cutmix_alpha", 0.0)),
         "lr": float(cfg.optimizer.lr),
         "weight_decay": float(cfg.optimizer.get("weight_decay", 0.0)),
         "batch_size": int(cfg.data.batch_size),
         "max_epochs": int(cfg.trainer.get("max_epochs") or -1),
         "seed": int(cfg.seed),
+        **task.dashboard_hparams(),
     }
 
 
@@ -116,7 +136,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         from cnnlab.tuning import find_learning_rate
 
         options = {k: v for k, v in cfg.tuner.items() if k != "lr_find"}
-        find_learning_rate(trainer, task, datamodule, output_dir, **options)
+        lr = find_learning_rate(trainer, task, datamodule, output_dir, **options)
+        # the rate the run trains with, in its config as in its checkpoint
+        cfg.optimizer.lr = lr
+        task.hparams.run_config["optimizer"]["lr"] = lr
+    if trainer.is_global_zero:
+        runs.save_config(cfg, output_dir)
 
     trainer.fit(task, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
     metrics: dict[str, Any] = dict(trainer.callback_metrics)
@@ -127,17 +152,28 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if not trainer.is_global_zero:
         return {}
 
-    extra: dict[str, Any] = {"best_checkpoint": str(best) if best else None, "epochs": trainer.current_epoch}
+    metric = str(cfg.optimized_metric)
+    extra: dict[str, Any] = {
+        "best_checkpoint": str(best) if best else None,
+        "epochs": trainer.current_epoch,
+        "optimized_metric": metric,
+        "optimized_mode": task.metric_mode(metric),
+    }
     if best and cfg.get("export"):
         from cnnlab.export import export_checkpoint
 
         extra["export"] = str(export_checkpoint(best, output_dir / "export", **cfg.export))
     record = runs.write_metrics(output_dir / "metrics.json", final_metrics(metrics, trainer), extra)
+    scores = {
+        f"hp/{k.replace('/', '_')}": v
+        for k, v in record.items()
+        if k.startswith(("val/", "test/")) and isinstance(v, float)
+    }
     for logger in trainer.loggers:
-        scores = {
-            f"hp/{k.replace('/', '_')}": v for k, v in record.items() if k.startswith(("val/", "test/"))
-        }
-        logger.log_hyperparams(hparams_for_dashboard(cfg), metrics=scores)
+        if isinstance(logger, TensorBoardLogger):  # HPARAMS: the parameters beside the final scores
+            logger.log_hyperparams(hparams_for_dashboard(cfg, task), metrics=scores)
+        else:
+            logger.log_hyperparams(hparams_for_dashboard(cfg, task))
         logger.save()
     log.info("metrics: %s", {k: round(v, 4) for k, v in record.items() if isinstance(v, float)})
     log.info("run folder: %s", output_dir)
@@ -160,18 +196,23 @@ def final_metrics(metrics: dict[str, Any], trainer: L.Trainer) -> dict[str, Any]
     return kept
 
 
+def optimized_value(record: dict[str, Any], metric: str) -> float | None:
+    """What a sweep optimises: the best validation score of the run, else the metric's final value."""
+    for key in (f"best/{metric}", metric):
+        if isinstance(record.get(key), (int, float)):
+            return float(record[key])
+    if metric not in record:
+        raise config.ConfigError(
+            f"optimized_metric={metric} is not among the run's metrics: {sorted(record)}"
+        )
+    return None
+
+
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
 def _hydra_main(cfg: DictConfig) -> float | None:
     config.print_config(cfg)
     record = train(cfg)
-    metric = cfg.get("optimized_metric")
-    if metric and record:
-        if metric not in record:
-            raise config.ConfigError(
-                f"optimized_metric={metric} is not among the run's metrics: {sorted(record)}"
-            )
-        return record[metric]
-    return None
+    return optimized_value(record, str(cfg.optimized_metric)) if record else None
 
 
 def main() -> None:

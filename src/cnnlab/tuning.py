@@ -14,7 +14,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 from lightning.pytorch.tuner import Tuner  # noqa: E402
 
-from cnnlab.callbacks.figures import tensorboard  # noqa: E402
+from cnnlab.figures import tensorboard  # noqa: E402
 
 log = logging.getLogger(__name__)
 

@@ -222,3 +222,26 @@ def test_a_bare_state_dict_is_not_a_checkpoint(tmp_path: Path) -> None:
 def test_from_scratch_carries_no_preprocessing() -> None:
     model = ResNet(num_classes=2, small_input=True, weights=None)
     assert model.preprocessing is None and model.weights_report is None
+
+
+def test_weights_metadata_is_optional_field_by_field() -> None:
+    from cnnlab.models.weights import weights_preprocessing
+
+    classifier = weights_preprocessing(tvm.ResNet18_Weights.DEFAULT, channels=1)
+    assert set(classifier) == {"mean", "std", "image_size", "resize_size"} and len(classifier["mean"]) == 1
+    segmenter = weights_preprocessing(tvm.segmentation.DeepLabV3_ResNet50_Weights.DEFAULT, channels=3)
+    assert set(segmenter) == {"mean", "std", "resize_size"}
+    # detectors normalise and resize inside: their weights ask nothing of the data
+    assert weights_preprocessing(tvm.detection.RetinaNet_ResNet50_FPN_Weights.DEFAULT, channels=3) == {}
+
+
+def test_transfer_into_a_network_without_convolutions(tmp_path: Path) -> None:
+    from cnnlab.models.mlp import MLP
+
+    source = MLP(num_classes=3, in_channels=1, image_size=8, hidden=(16,))
+    path = tmp_path / "run.ckpt"
+    state = {f"net.{k}": v for k, v in source.state_dict().items()}
+    torch.save({"state_dict": state, "cnnlab": {"contract": {"mean": [0.3], "std": [0.2]}}}, path)
+    target = MLP(num_classes=5, in_channels=1, image_size=8, hidden=(16,), weights=str(path))
+    assert torch.equal(target.stages[0][1].weight, source.stages[0][1].weight)
+    assert target.preprocessing["mean"] == [0.3]

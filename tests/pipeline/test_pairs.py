@@ -1,4 +1,7 @@
-"""Every model with every dataset, composed by Hydra as a user's command line would, one batch each."""
+"""Every model trains a batch on a small dataset of its task, and every dataset feeds a small model of it.
+
+Composed by Hydra as a user's command line would; one batch of train, val and test each (fast_dev_run).
+"""
 
 from __future__ import annotations
 
@@ -8,47 +11,76 @@ import pytest
 from omegaconf import open_dict
 
 from cnnlab import CONF_DIR
+from cnnlab.config import options, target_of
 from cnnlab.train import train
 
-MODELS = sorted(p.stem for p in (CONF_DIR / "model").glob("*.yaml"))
-DATASETS = sorted(p.stem for p in (CONF_DIR / "data").glob("*.yaml"))
+TASKS = sorted(p.stem for p in (CONF_DIR / "task").glob("*.yaml"))
+# per task: the small dataset every model of the task trains on, and the small model every dataset feeds
+SMALL = {"classification": ("digits", "mlp")}
 # photo datasets run at a small size here; Inception v3 needs 75 px at least
 PHOTO_SIZE = {"image_size": 64, "resize_size": 72}
-NEEDS_75PX = {"inception_v3"}
+BIG_INPUT = {"inception_v3": {"image_size": 80, "resize_size": 88}}
 
 
-def test_every_option_is_covered() -> None:
-    assert len(MODELS) >= 11 and {
-        "digits",
-        "mnist",
-        "fashion_mnist",
-        "cifar10",
-        "image_folder",
-        "landmarks",
-    } <= set(DATASETS)
+def task_of(option: str) -> type:
+    return target_of("task", option)
 
 
-@pytest.mark.parametrize("data", DATASETS)
-@pytest.mark.parametrize("model", MODELS)
-def test_model_trains_on_dataset(
-    make_cfg, data_dir: Path, fake_cifar_accepted, model: str, data: str
-) -> None:
-    overrides = [f"model={model}", f"data={data}", "debug=fdr", "logger=none", "data.batch_size=4"]
-    if data in ("image_folder", "landmarks"):
-        size = {"image_size": 80, "resize_size": 88} if model in NEEDS_75PX else PHOTO_SIZE
-        overrides += [f"data.{k}={v}" for k, v in size.items()] + ["data.num_classes=3", "data.num_workers=0"]
-    if data == "image_folder":
-        overrides.append(f"data.root={data_dir / 'folder'}")
-    if data in ("mnist", "fashion_mnist", "cifar10"):
-        overrides += ["data.num_workers=0", "data.download=false"]
+def models_for(task: str) -> list[str]:
+    wanted = task_of(task).network_output
+    return options("model", lambda c: getattr(c, "output", None) == wanted)
+
+
+def datasets_for(task: str) -> list[str]:
+    needs = set(task_of(task).samples.needs)
+    return options("data", lambda c: hasattr(c, "provides") and needs <= set(c.provides([0])))
+
+
+MODEL_CASES = [(task, model) for task in TASKS for model in models_for(task)]
+DATA_CASES = [(task, data) for task in TASKS for data in datasets_for(task)]
+
+
+def test_every_task_has_small_defaults_and_every_option_is_covered() -> None:
+    assert set(SMALL) == set(TASKS)
+    covered_models = {m for _, m in MODEL_CASES}
+    assert covered_models == {p.stem for p in (CONF_DIR / "model").glob("*.yaml")}
+    assert {d for _, d in DATA_CASES} == {p.stem for p in (CONF_DIR / "data").glob("*.yaml")}
+
+
+def run_one_batch(make_cfg, data_dir: Path, task: str, model: str, data: str) -> dict:
+    overrides = [f"task={task}", f"model={model}", f"data={data}", "debug=fdr", "logger=none"]
+    overrides += ["data.batch_size=4", "task.figures=false"]
     cfg = make_cfg(*overrides)
     with open_dict(cfg):
         cfg.paths.data_dir = str(data_dir)
         cfg.callbacks = {}
-    if model in NEEDS_75PX and cfg.data.image_size < 75:
-        # Hydra reports the network's own message: the minimum size and what to do
-        with pytest.raises(Exception, match="at least 75 px.*resize the data"):
-            train(cfg)
-        return
-    record = train(cfg)
-    assert 0.0 <= record["test/acc"] <= 1.0 and record["test/loss"] is not None
+        cfg.data.num_workers = 0
+        if "download" in cfg.data:
+            cfg.data.download = False
+        if data in ("image_folder", "landmarks"):
+            cfg.data.update(BIG_INPUT.get(model, PHOTO_SIZE))
+            cfg.data.num_classes = 3
+        if data == "image_folder":
+            cfg.data.root = str(data_dir / "folder")
+    return train(cfg)
+
+
+@pytest.mark.parametrize(("task", "model"), MODEL_CASES, ids=lambda v: str(v))
+def test_model_trains_a_batch(make_cfg, data_dir: Path, task: str, model: str) -> None:
+    data = SMALL[task][0]
+    if model in BIG_INPUT:  # a network for large inputs: on photos of its size
+        data = "image_folder"
+    record = run_one_batch(make_cfg, data_dir, task, model, data)
+    assert record["test/loss"] is not None and record["optimized_metric"]
+
+
+@pytest.mark.parametrize(("task", "data"), DATA_CASES, ids=lambda v: str(v))
+def test_dataset_feeds_a_model(make_cfg, data_dir: Path, fake_cifar_accepted, task: str, data: str) -> None:
+    record = run_one_batch(make_cfg, data_dir, task, SMALL[task][1], data)
+    assert record["test/loss"] is not None
+
+
+def test_a_network_too_small_for_its_input_says_what_to_do(make_cfg, data_dir: Path) -> None:
+    # Hydra reports the network's own message: the minimum size and what to do
+    with pytest.raises(Exception, match="at least 75 px.*resize the data"):
+        run_one_batch(make_cfg, data_dir, "classification", "inception_v3", "digits")

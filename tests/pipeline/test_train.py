@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import logging
 from pathlib import Path
@@ -10,7 +11,7 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
-from omegaconf import open_dict
+from omegaconf import OmegaConf, open_dict
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from cnnlab import CONF_DIR
@@ -18,7 +19,7 @@ from cnnlab.checkpoints import load_task
 from cnnlab.config import ConfigError, check_pairing
 from cnnlab.data.digits import DigitsDataModule
 from cnnlab.evaluate import evaluate
-from cnnlab.train import make_trainer, train
+from cnnlab.train import _NoAdverts, train
 
 
 @pytest.fixture(scope="module")
@@ -106,11 +107,15 @@ def test_eval_reproduces_the_test_metrics(trained: tuple[Path, dict], tmp_path: 
     assert json.loads((tmp_path / "metrics.json").read_text())["test/acc"] == metrics["test/acc"]
 
 
-def test_trainer_start_logs_devices_without_adverts(make_cfg, caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.INFO, logger="lightning.pytorch"):
-        make_trainer(make_cfg())
-    assert "GPU available" in caplog.text  # Lightning's own account of the run still shows
-    assert "Tip:" not in caplog.text and "litlogger" not in caplog.text
+def test_lightning_adverts_are_dropped_and_its_other_lines_kept() -> None:
+    def record(message: str) -> logging.LogRecord:
+        return logging.LogRecord(
+            "lightning.pytorch.utilities.rank_zero", logging.INFO, "", 0, message, (), None
+        )
+
+    advert_filter = _NoAdverts()
+    assert not advert_filter.filter(record("💡 Tip: For seamless cloud logging, try installing [litlogger]"))
+    assert advert_filter.filter(record("GPU available: False, used: False"))
 
 
 def test_eval_refuses_a_missing_checkpoint(make_cfg, tmp_path: Path) -> None:
@@ -119,20 +124,61 @@ def test_eval_refuses_a_missing_checkpoint(make_cfg, tmp_path: Path) -> None:
         evaluate(cfg)
 
 
-def test_model_and_data_of_different_tasks_are_refused(make_cfg) -> None:
+def test_a_model_the_task_cannot_train_is_refused(make_cfg) -> None:
     cfg = make_cfg("model=simple_cnn")
     with open_dict(cfg):
-        cfg.model._target_ = "pipeline.test_train.SegmentationNet"
+        cfg.model._target_ = "pipeline.test_train.PixelNet"
     with pytest.raises(
-        ConfigError, match=r"serves 'segmentation'.*Models for classification data: .*simple_cnn"
+        ConfigError,
+        match=r"returns one score per class for each pixel.*Models for task=classification: .*mlp",
     ):
         check_pairing(cfg)
 
 
-class SegmentationNet(torch.nn.Module):
-    """Stands for a network of another task kind."""
+class PixelNet(torch.nn.Module):
+    """Stands for a network of another kind of output."""
 
-    task = "segmentation"
+    output = "pixel_scores"
+
+
+def test_a_dataset_without_what_the_task_needs_is_refused(make_cfg) -> None:
+    cfg = make_cfg()
+    with open_dict(cfg):
+        cfg.data._target_ = "pipeline.test_train.UnlabelledData"
+    with pytest.raises(
+        ConfigError, match=r"needs a class label per image.*Datasets for task=classification: .*digits"
+    ):
+        check_pairing(cfg)
+
+
+class UnlabelledData(DigitsDataModule):
+    """Stands for a dataset of masks without class labels."""
+
+    targets = ("mask",)
+
+
+def test_val_loss_checkpoints_the_epoch_with_the_lowest_validation_loss(make_cfg, tmp_path: Path) -> None:
+    cfg = make_cfg("optimized_metric=val/loss", "trainer.max_epochs=4", "logger=csv", "export=null")
+    record = train(cfg)
+    with (tmp_path / "run" / "csv" / "metrics.csv").open() as handle:
+        losses = {int(r["epoch"]): float(r["val/loss"]) for r in csv.DictReader(handle) if r["val/loss"]}
+    assert len(losses) == 4
+    best_epoch = torch.load(record["best_checkpoint"], weights_only=True)["epoch"]
+    assert best_epoch == min(losses, key=losses.__getitem__)
+    assert record["optimized_mode"] == "min" and record["best/val/loss"] == pytest.approx(
+        min(losses.values())
+    )
+
+
+def test_a_misspelt_optimized_metric_is_refused_before_any_data_is_read(
+    make_cfg, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_data(*args: object) -> None:
+        raise AssertionError("data was read")
+
+    monkeypatch.setattr(DigitsDataModule, "load_split", no_data)
+    with pytest.raises(ConfigError, match=r"optimized_metric=val/accuracy.*choose one of val/loss, val/acc"):
+        train(make_cfg("optimized_metric=val/accuracy"))
 
 
 def test_unknown_model_name_lists_the_valid_ones(make_cfg) -> None:
@@ -154,8 +200,13 @@ def test_bad_values_are_clear_errors(make_cfg, override: str) -> None:
 
 def test_lr_finder_in_the_pipeline_sets_the_rate_it_plots(make_cfg, tmp_path: Path) -> None:
     cfg = make_cfg("tuner.lr_find=true", "tuner.num_training=30", "trainer.max_epochs=2", "export=null")
+    configured = cfg.optimizer.lr
+    (tmp_path / "run" / ".hydra").mkdir(parents=True)  # as Hydra makes it before the run starts
     record = train(cfg)
     assert (tmp_path / "run" / "lr_find.png").stat().st_size > 0
     ckpt = torch.load(record["best_checkpoint"], weights_only=True)
     lr = ckpt["hyper_parameters"]["optimizer"]["lr"]
-    assert lr != cfg.optimizer.lr and 1e-7 <= lr <= 1.0
+    assert lr != configured and 1e-7 <= lr <= 1.0
+    # the rate used is the rate recorded: in the run config of the checkpoint and in the config itself
+    assert ckpt["hyper_parameters"]["run_config"]["optimizer"]["lr"] == lr == cfg.optimizer.lr
+    assert OmegaConf.load(tmp_path / "run" / ".hydra" / "config.yaml").optimizer.lr == lr

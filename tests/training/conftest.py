@@ -17,9 +17,10 @@ from cnnlab.tasks.classification import ClassificationTask
 def make_task() -> Callable[..., ClassificationTask]:
     """A classification task around a two-stage SimpleCNN for 16 px digits."""
 
-    def _make(lr: float = 1e-3) -> ClassificationTask:
+    def _make(lr: float = 1e-3, **kwargs: Any) -> ClassificationTask:
         net = SimpleCNN(num_classes=10, in_channels=1, image_size=16, widths=(8, 16), head_hidden=32)
-        return ClassificationTask(net, num_classes=10, optimizer={"_target_": "torch.optim.AdamW", "lr": lr})
+        optimizer = {"_target_": "torch.optim.AdamW", "lr": lr}
+        return ClassificationTask(net, num_classes=10, optimizer=optimizer, figures=False, **kwargs)
 
     return _make
 

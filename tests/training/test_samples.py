@@ -27,7 +27,7 @@ def test_callback_writes_the_first_training_batch(tmp_path: Path, digits, make_t
     trainer = make_trainer(
         max_steps=2, limit_val_batches=0, logger=logger, callbacks=[AugmentationSamples(num_samples=16)]
     )
-    trainer.fit(make_task(), datamodule=digits(augmentation=T.basic, mix={"cutmix_alpha": 1.0}))
+    trainer.fit(make_task(cutmix_alpha=1.0), datamodule=digits(augmentation=T.basic))
     events = EventAccumulator(logger.log_dir, size_guidance={"images": 0})
     events.Reload()
     assert events.Tags()["images"] == [AugmentationSamples.tag]

@@ -1,1 +1,1 @@
-"""Lightning callbacks: figures for TensorBoard, fine-tuning schedules."""
+"""Lightning callbacks any task can use: the averaged weights, the augmented-sample grid."""

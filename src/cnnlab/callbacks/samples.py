@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 from torchvision.utils import make_grid
 
-from cnnlab.callbacks.figures import denormalize, tensorboard
+from cnnlab.figures import denormalize, tensorboard
 
 
 class AugmentationSamples(L.Callback):

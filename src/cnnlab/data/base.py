@@ -1,8 +1,10 @@
-"""The base of every image-classification datamodule: splits, statistics, transforms and loaders.
+"""The base of every datamodule: splits, statistics, transforms and loaders, for any task.
 
-A subclass says where its images come from (``load_split``) and, when it downloads, how (``download``); the
-base carves a seeded validation split from the training pool, computes normalisation statistics on the
-training split when the config gives none, builds the transforms and serves the loaders.
+A subclass says where its samples come from (``load_split``), which target keys they carry (``targets``) and,
+when it downloads, how (``download``). The task says what it needs of them in its ``SampleSpec`` (given as
+``spec``): the keys, the evaluation geometry, normalisation and the collate function. The base carves a
+seeded validation split from the training pool, computes normalisation statistics on the training split
+when the config gives none, builds the joint transforms and serves the loaders.
 """
 
 from __future__ import annotations
@@ -10,32 +12,47 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import lightning.pytorch as L
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
 from cnnlab.data import transforms as T
-from cnnlab.data.mixing import mix_collate
+from cnnlab.data.samples import SampleDataset, SampleSpec, label_collate
 
 log = logging.getLogger(__name__)
 
+#: what a datamodule serves when no task says otherwise: images with their class labels
+LABELLED = SampleSpec(needs=("label",), collate=label_collate)
 
-class TransformedDataset(Dataset):
-    """Applies an image transform to the (image, label) items of another dataset."""
 
-    def __init__(self, source: Dataset, transform: Any) -> None:
-        self.source, self.transform = source, transform
+class TensorImages(Dataset):
+    """(image, label) items of a uint8 image tensor (N, C, H, W) and a label tensor (N,), kept in memory."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor) -> None:
+        if len(images) != len(labels):
+            raise ValueError(f"{len(images)} images but {len(labels)} labels")
+        self.images, self.labels = images, labels
 
     def __len__(self) -> int:
-        return len(self.source)  # type: ignore[arg-type]
+        return len(self.labels)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        image, label = self.source[index]
-        return self.transform(image), int(label)
+        return self.images[index], int(self.labels[index])
+
+
+def labels_of(dataset: Dataset) -> list[int]:
+    """The class label of every item, read from the dataset's ``labels`` without loading images."""
+    if isinstance(dataset, Subset):
+        labels = labels_of(dataset.dataset)
+        return [labels[i] for i in dataset.indices]
+    found = getattr(dataset, "labels", None)
+    if found is not None:
+        return [int(v) for v in found]
+    return [int(dataset[i][1]) for i in range(len(dataset))]  # type: ignore[arg-type]
 
 
 class EpochSampler(Sampler[int]):
@@ -62,10 +79,11 @@ class EpochSampler(Sampler[int]):
         return self.length
 
 
-class ImageClassificationDataModule(L.LightningDataModule):
-    """Shared behaviour of the classification datamodules; subclasses implement ``load_split``."""
+class ImageDataModule(L.LightningDataModule):
+    """Shared behaviour of the datamodules; subclasses implement ``load_split``."""
 
-    task = "classification"
+    #: the target keys this dataset's samples carry (see ``cnnlab.data.samples``)
+    targets: ClassVar[tuple[str, ...]] = ("label",)
 
     def __init__(
         self,
@@ -82,8 +100,9 @@ class ImageClassificationDataModule(L.LightningDataModule):
         val_fraction: float = 0.1,
         seed: int = 0,
         augmentation: T.AugmentationFactory | None = None,
-        mix: Mapping[str, float] | None = None,
+        normal_classes: Sequence[int] | None = None,
         pin_memory: bool = False,
+        spec: SampleSpec = LABELLED,
     ) -> None:
         super().__init__()
         if not 0.0 < val_fraction < 1.0:
@@ -100,12 +119,19 @@ class ImageClassificationDataModule(L.LightningDataModule):
         self.batch_size, self.num_workers, self.pin_memory = batch_size, num_workers, pin_memory
         self.val_fraction, self.seed = val_fraction, seed
         self.augmentation = augmentation or T.none
-        # MixUp / CutMix need whole batches, so they run in the training loader's collate_fn
-        self.train_collate = mix_collate(self.num_classes, mix)
+        self.spec = spec
+        self.normal_classes = self._check_normal_classes(normal_classes)
         self.class_names: list[str] = [str(i) for i in range(self.num_classes)]
         self.train_set: Dataset | None = None
         self.val_set: Dataset | None = None
         self.test_set: Dataset | None = None
+        self._raw: dict[str, Dataset] = {}
+
+    @classmethod
+    def provides(cls, normal_classes: Sequence[int] | None = None) -> tuple[str, ...]:
+        """The target keys samples carry; labelled data with ``normal_classes`` also flags anomalies."""
+        extra = ("anomaly",) if normal_classes is not None and "label" in cls.targets else ()
+        return cls.targets + tuple(k for k in extra if k not in cls.targets)
 
     # --- what a subclass provides ------------------------------------------------------------------------
 
@@ -113,7 +139,7 @@ class ImageClassificationDataModule(L.LightningDataModule):
         """Fetch the dataset when it is not on disk yet (called once, on the main process)."""
 
     def load_split(self, split: str) -> Dataset:
-        """The raw (image, label) items of ``split`` ("train" or "test"); images as PIL or uint8 tensors."""
+        """The raw (image, target) items of ``split`` ("train" or "test"); images as PIL or tensors."""
         raise NotImplementedError
 
     def stats_cache(self) -> Path | None:
@@ -128,30 +154,38 @@ class ImageClassificationDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.test_set is not None:
             return
-        pool, test = self.load_split("train"), self.load_split("test")
-        train_raw, val_raw = self._split(pool)
-        if self.mean is None:
-            self.mean, self.std = self._statistics(train_raw)
-        assert self.std is not None
+        train_raw, val_raw, test_raw = self._raw_splits()
+        mean, std = self.statistics() if self.spec.normalize else (None, None)
+        geometry = self.spec.eval_geometry
+        train_tf = T.train_transform(
+            self.augmentation, self.image_size, self.resize_size, mean, std, geometry
+        )
+        eval_tf = T.eval_transform(self.image_size, self.resize_size, mean, std, geometry)
+        keys = self.spec.keys()
+        self.train_set = SampleDataset(train_raw, train_tf, keys, self.normal_classes)
+        self.val_set = SampleDataset(val_raw, eval_tf, keys, self.normal_classes)
+        self.test_set = SampleDataset(test_raw, eval_tf, keys, self.normal_classes)
+        log.info(
+            "data: %d train, %d val, %d test images, %d classes%s",
+            len(train_raw),
+            len(val_raw),
+            len(test_raw),
+            self.num_classes,
+            f"; normal classes {self.normal_classes} (train and val hold only those)"
+            if self.normal_classes is not None
+            else "",
+        )
+
+    def statistics(self) -> tuple[list[float], list[float]]:
+        """The normalisation mean and std: the config's, or computed on the training split (then cached)."""
+        if self.mean is None or self.std is None:
+            self.mean, self.std = self._statistics(self._raw_splits()[0])
         for name, values in (("mean", self.mean), ("std", self.std)):
             if len(values) != self.in_channels:
                 raise ValueError(
                     f"data.{name} has {len(values)} values but the images have {self.in_channels} channels"
                 )
-        train_tf = T.train_transform(
-            self.augmentation, self.image_size, self.resize_size, self.mean, self.std
-        )
-        eval_tf = T.eval_transform(self.image_size, self.resize_size, self.mean, self.std)
-        self.train_set = TransformedDataset(train_raw, train_tf)
-        self.val_set = TransformedDataset(val_raw, eval_tf)
-        self.test_set = TransformedDataset(test, eval_tf)
-        log.info(
-            "data: %d train, %d val, %d test images, %d classes",
-            len(train_raw),
-            len(val_raw),
-            len(test),
-            self.num_classes,
-        )
+        return self.mean, self.std
 
     def train_dataloader(self) -> DataLoader:
         assert self.train_set is not None, "call setup() first"
@@ -163,7 +197,6 @@ class ImageClassificationDataModule(L.LightningDataModule):
             sampler=EpochSampler(n, self.seed, loader_generator=generator),
             generator=generator,
             drop_last=n > self.batch_size,
-            collate_fn=self.train_collate,  # mixup / cutmix, when configured: training batches only
         )
 
     def val_dataloader(self) -> DataLoader:
@@ -179,14 +212,15 @@ class ImageClassificationDataModule(L.LightningDataModule):
 
     def contract(self) -> dict[str, Any]:
         """Everything a model needs to preprocess and label images without the training code."""
+        normalized = self.spec.normalize and self.mean is not None
         return {
-            "task": self.task,
             "class_names": list(self.class_names),
             "in_channels": self.in_channels,
             "image_size": self.image_size,
             "resize_size": self.resize_size,
-            "mean": [float(v) for v in self.mean or []],
-            "std": [float(v) for v in self.std or []],
+            "geometry": self.spec.eval_geometry,
+            "mean": [float(v) for v in self.mean or []] if normalized else [],
+            "std": [float(v) for v in self.std or []] if normalized else [],
         }
 
     # --- helpers -----------------------------------------------------------------------------------------
@@ -199,6 +233,33 @@ class ImageClassificationDataModule(L.LightningDataModule):
             )
         self.class_names = list(names)
 
+    def _check_normal_classes(self, normal_classes: Sequence[int] | None) -> list[int] | None:
+        if normal_classes is None:
+            return None
+        picked = [int(c) for c in normal_classes]
+        if "label" not in self.targets:
+            raise ValueError(
+                f"data.normal_classes={picked}: {type(self).__name__} has no class labels to pick normal "
+                "images by; leave it null"
+            )
+        if not picked or len(set(picked)) != len(picked) or not set(picked) <= set(range(self.num_classes)):
+            raise ValueError(
+                f"data.normal_classes={picked}: give distinct class indices from 0 to {self.num_classes - 1} "
+                "(the classes that count as normal; every other class is an anomaly at test time)"
+            )
+        return picked
+
+    def _raw_splits(self) -> tuple[Dataset, Dataset, Dataset]:
+        """The raw train, validation and test items (cached): normal images only in train and val."""
+        if not self._raw:
+            pool, test = self.load_split("train"), self.load_split("test")
+            if self.normal_classes is not None:
+                normal = set(self.normal_classes)
+                pool = Subset(pool, [i for i, y in enumerate(labels_of(pool)) if y in normal])
+            train, val = self._split(pool)
+            self._raw = {"train": train, "val": val, "test": test}
+        return self._raw["train"], self._raw["val"], self._raw["test"]
+
     def _loader(self, dataset: Dataset | None, **kwargs: Any) -> DataLoader:
         assert dataset is not None, "call setup() first"
         # a generator of its own: creating an iterator then draws nothing from the global RNG
@@ -209,6 +270,7 @@ class ImageClassificationDataModule(L.LightningDataModule):
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             pin_memory=self.pin_memory,
+            collate_fn=self.spec.collate,
             **kwargs,
         )
 
@@ -229,7 +291,9 @@ class ImageClassificationDataModule(L.LightningDataModule):
         entries = _read_json(cache) if cache is not None else {}
         if key in entries:
             return entries[key]["mean"], entries[key]["std"]
-        mean, std = channel_statistics(train, self.image_size, self.resize_size, self.num_workers)
+        mean, std = channel_statistics(
+            train, self.image_size, self.resize_size, self.num_workers, self.spec.eval_geometry
+        )
         log.info("data: mean %s, std %s computed on the training split", _fmt(mean), _fmt(std))
         if cache is not None:
             entries[key] = {"mean": mean, "std": std}
@@ -243,17 +307,22 @@ class ImageClassificationDataModule(L.LightningDataModule):
 
 
 def channel_statistics(
-    dataset: Dataset, image_size: int, resize_size: int, num_workers: int = 0
+    dataset: Dataset, image_size: int, resize_size: int, num_workers: int = 0, geometry: str = "crop"
 ) -> tuple[list[float], list[float]]:
-    """Per-channel mean and standard deviation of a dataset's images in [0, 1], at the training size."""
-    prep = T.eval_transform(image_size, resize_size, mean=[0.0], std=[1.0])
-    loader = DataLoader(TransformedDataset(dataset, prep), batch_size=256, num_workers=num_workers)
+    """Per-channel mean and standard deviation of a dataset's images in [0, 1], as evaluation shapes them.
+
+    Images may differ in size (``geometry`` "resize" or "none"): each adds its own pixels to the sums.
+    """
+    prep = T.eval_transform(image_size, resize_size, mean=None, std=None, geometry=geometry)
+    samples = SampleDataset(dataset, prep, keys=())
+    loader = DataLoader(samples, batch_size=64, num_workers=num_workers, collate_fn=list)
     total, total_sq, count = None, None, 0
-    for images, _ in loader:
-        flat = images.double().transpose(0, 1).flatten(1)  # (C, N*H*W)
-        total = flat.sum(1) if total is None else total + flat.sum(1)
-        total_sq = (flat**2).sum(1) if total_sq is None else total_sq + (flat**2).sum(1)
-        count += flat.shape[1]
+    for batch in loader:
+        for image, _ in batch:
+            flat = image.as_subclass(torch.Tensor).double().flatten(1)  # (C, H*W)
+            total = flat.sum(1) if total is None else total + flat.sum(1)
+            total_sq = (flat**2).sum(1) if total_sq is None else total_sq + (flat**2).sum(1)
+            count += flat.shape[1]
     if total is None or total_sq is None:
         raise ValueError("cannot compute normalisation statistics: the training split is empty")
     mean = total / count

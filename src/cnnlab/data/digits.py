@@ -6,12 +6,12 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from torch.utils.data import Dataset, Subset, TensorDataset
+from torch.utils.data import Dataset, Subset
 
-from cnnlab.data.base import ImageClassificationDataModule
+from cnnlab.data.base import ImageDataModule, TensorImages
 
 
-class DigitsDataModule(ImageClassificationDataModule):
+class DigitsDataModule(ImageDataModule):
     """Digit classes, one channel, upsampled from 8 px to ``image_size``; a fixed, seeded test split.
 
     ``classes`` keeps some digits only (relabelled 0..k-1 in the given order) and ``train_per_class`` draws
@@ -63,7 +63,7 @@ class DigitsDataModule(ImageClassificationDataModule):
         relabel[self.classes] = torch.arange(len(self.classes))
         labels = relabel[torch.from_numpy(digits.target).long()]
         self._set_class_names([str(c) for c in self.classes])
-        full = TensorDataset(images, labels)
+        full = TensorImages(images, labels)
         # the test split is fixed (seed 0) whatever the run's seed, so every run is scored on the same images
         order = torch.randperm(len(full), generator=torch.Generator().manual_seed(0))
         order = order[labels[order] >= 0]

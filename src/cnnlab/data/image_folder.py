@@ -15,13 +15,14 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from PIL import Image
+import torch
 from torch.utils.data import Dataset
 from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension, make_dataset
 from torchvision.datasets.utils import download_and_extract_archive
 
-from cnnlab.data.base import ImageClassificationDataModule
+from cnnlab.data.base import ImageDataModule
 from cnnlab.data.errors import DatasetFormatError, DatasetNotFoundError
+from cnnlab.data.io import read_image
 
 log = logging.getLogger(__name__)
 
@@ -29,21 +30,21 @@ SPLITS = ("train", "test")
 
 
 class ImageFiles(Dataset):
-    """(PIL image, label) items read from a list of (path, label) pairs."""
+    """(image tensor, label) items read from a list of (path, label) pairs, at every bit depth."""
 
-    def __init__(self, samples: list[tuple[str, int]], mode: str) -> None:
-        self.samples, self.mode = samples, mode
+    def __init__(self, samples: list[tuple[str, int]], channels: int) -> None:
+        self.samples, self.channels = samples, channels
+        self.labels = [label for _, label in samples]
 
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, index: int) -> tuple[Image.Image, int]:
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         path, label = self.samples[index]
-        with Image.open(path) as image:
-            return image.convert(self.mode), label
+        return read_image(path, self.channels), label
 
 
-class ImageFolderDataModule(ImageClassificationDataModule):
+class ImageFolderDataModule(ImageDataModule):
     """Any photo dataset laid out as ``root/train/<class>/*`` and ``root/test/<class>/*``."""
 
     # where the dataset can be fetched from, named in the errors that report it missing; None: nowhere
@@ -104,7 +105,10 @@ class ImageFolderDataModule(ImageClassificationDataModule):
             )
         self._set_class_names([self.display_name(name) for name in classes["train"]])
         class_to_idx = {name: i for i, name in enumerate(classes["train"])}
-        return {split: ImageFiles(self._samples(folder / split, class_to_idx), self.mode) for split in SPLITS}
+        return {
+            split: ImageFiles(self._samples(folder / split, class_to_idx), self.in_channels)
+            for split in SPLITS
+        }
 
     def _samples(self, split_dir: Path, class_to_idx: dict[str, int]) -> list[tuple[str, int]]:
         samples = make_dataset(str(split_dir), class_to_idx, is_valid_file=_is_image, allow_empty=True)

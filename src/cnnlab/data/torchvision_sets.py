@@ -17,11 +17,11 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
-from torch.utils.data import Dataset, TensorDataset
+from torch.utils.data import Dataset
 from torchvision import datasets
 from torchvision.datasets.utils import extract_archive
 
-from cnnlab.data.base import ImageClassificationDataModule
+from cnnlab.data.base import ImageDataModule, TensorImages
 from cnnlab.data.errors import DatasetFormatError, DatasetNotFoundError, dataset_not_found
 
 log = logging.getLogger(__name__)
@@ -41,7 +41,7 @@ PARSE_ERRORS = (
 )
 
 
-class TorchvisionDataModule(ImageClassificationDataModule):
+class TorchvisionDataModule(ImageDataModule):
     """The shared part of datamodules on a torchvision dataset class: download, offline errors, tensors."""
 
     dataset_class: ClassVar[type[datasets.VisionDataset]]
@@ -116,7 +116,7 @@ class TorchvisionDataModule(ImageClassificationDataModule):
     def _not_found(self, reason: str) -> DatasetNotFoundError:
         return dataset_not_found(self.name, self.folder, self.expected_files(), reason, self.instructions())
 
-    def _read(self, train: bool) -> tuple[TensorDataset, list[str]]:
+    def _read(self, train: bool) -> tuple[TensorImages, list[str]]:
         try:
             parsed = self.dataset_class(self.root, train=train, download=False)
         except PARSE_ERRORS as err:
@@ -125,7 +125,7 @@ class TorchvisionDataModule(ImageClassificationDataModule):
                 f"are truncated, corrupt or not the official release: delete them and download them again."
             ) from err
         images, labels = self.to_tensors(parsed)
-        return TensorDataset(images, labels), [str(c) for c in parsed.classes]
+        return TensorImages(images, labels), [str(c) for c in parsed.classes]
 
 
 class MNISTDataModule(TorchvisionDataModule):

@@ -1,66 +1,128 @@
 """Image transforms: the deterministic preprocessing shared with exported models, and augmentation presets.
 
-Every pipeline works on uint8 image tensors (C, H, W). Evaluation is ``Preprocess``: resize the shorter side,
-centre-crop, scale to [0, 1], normalise. The same module runs inside exported models, so a checkpoint and its
-export see identical inputs. Augmentation presets (the ``augmentation`` config group) are functions that
-return the geometric and photometric steps for training; they end at ``image_size`` pixels, and
-``Preprocess(resize=False)`` then scales and normalises.
+Every step is a ``torchvision.transforms.v2`` transform applied to a sample's image and target together (see
+``cnnlab.data.samples``): masks follow the image with nearest-neighbour resizing, boxes are moved and clipped.
+Evaluation converts to float in [0, 1] (by the image's bit depth), applies the task's geometry (``crop``:
+resize the shorter side and centre-crop; ``resize``: the shorter side only; ``none``) and normalises.
+``Preprocess`` runs the same torchvision kernels inside exported models, so a checkpoint and its export see
+identical inputs.
+Augmentation presets (the ``augmentation`` config group) are functions that return training steps; geometric
+presets end at ``image_size`` pixels.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
+from torchvision import tv_tensors
 from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as F
+
+from cnnlab.data.io import to_unit_range
+from cnnlab.data.samples import IGNORE_INDEX
 
 AugmentationFactory = Callable[..., list[nn.Module]]
 
+GEOMETRIES = ("crop", "resize", "none")
+#: what geometric steps pad with: black pixels, and the ignored class in masks
+FILL = {tv_tensors.Mask: IGNORE_INDEX, "others": 0}
+
 
 class Preprocess(nn.Module):
-    """Resize (shorter side), centre-crop, scale to [0, 1] and normalise a uint8 image or batch."""
+    """Scale to [0, 1], apply the evaluation geometry and normalise: an image (C, H, W) or a batch.
+
+    TorchScript-able, for exported models; the kernels are those of ``eval_transform``'s steps.
+    """
 
     def __init__(
         self,
+        geometry: str,
         image_size: int,
         resize_size: int,
-        mean: Sequence[float],
-        std: Sequence[float],
-        resize: bool = True,
+        mean: Sequence[float] = (),
+        std: Sequence[float] = (),
     ) -> None:
         super().__init__()
-        self.image_size = int(image_size)
-        self.resize_size = int(resize_size)
-        self.resize = resize
-        self.register_buffer("mean", torch.tensor(list(mean), dtype=torch.float32).view(-1, 1, 1))
-        self.register_buffer("std", torch.tensor(list(std), dtype=torch.float32).view(-1, 1, 1))
+        if geometry not in GEOMETRIES:
+            raise ValueError(f"geometry={geometry!r}: choose one of {', '.join(GEOMETRIES)}")
+        self.geometry, self.image_size, self.resize_size = geometry, int(image_size), int(resize_size)
+        self.mean, self.std = [float(v) for v in mean], [float(v) for v in std]
 
     def forward(self, image: Tensor) -> Tensor:
-        x = image.float()
-        if image.dtype == torch.uint8:
-            x = x / 255.0
-        if self.resize:
-            x = self._resize_and_crop(x)
-        return (x - self.mean) / self.std
+        x = to_unit_range(image)
+        if self.geometry == "crop":
+            x = F.resize_image(x, [self.resize_size], antialias=True)
+            x = F.center_crop_image(x, [self.image_size, self.image_size])
+        elif self.geometry == "resize":
+            x = F.resize_image(x, [self.image_size], antialias=True)
+        if len(self.mean) > 0:
+            x = F.normalize_image(x, self.mean, self.std)
+        return x
 
-    def _resize_and_crop(self, x: Tensor) -> Tensor:
-        batched = x.dim() == 4
-        if not batched:
-            x = x.unsqueeze(0)
-        h, w = x.shape[-2], x.shape[-1]
-        scale = float(self.resize_size) / float(min(h, w))
-        new_h, new_w = (
-            max(self.image_size, int(round(h * scale))),
-            max(self.image_size, int(round(w * scale))),
-        )
-        if new_h != h or new_w != w:
-            # antialias matches PIL's and torchvision's Resize when shrinking photos
-            x = F.interpolate(x, size=[new_h, new_w], mode="bilinear", align_corners=False, antialias=True)
-        top, left = (new_h - self.image_size) // 2, (new_w - self.image_size) // 2
-        x = x[..., top : top + self.image_size, left : left + self.image_size]
-        return x if batched else x.squeeze(0)
+
+class WideToFloat(v2.Transform):
+    """16-bit images to float in [0, 1]; uint8 images pass (augmentation works on uint8 or float images)."""
+
+    _transformed_types = (tv_tensors.Image,)
+
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        if inpt.dtype == torch.uint8 or inpt.is_floating_point():
+            return inpt
+        return tv_tensors.wrap(to_unit_range(inpt.as_subclass(Tensor)), like=inpt)
+
+
+class Evaluate(v2.Transform):
+    """Scale to [0, 1], the evaluation geometry and normalisation, on a sample's image and target together.
+
+    One step rather than four v2 transforms: each v2 step takes the sample apart and puts it together again,
+    which costs more than the arithmetic on small images. The kernels are ``Preprocess``'s.
+    """
+
+    def __init__(
+        self,
+        geometry: str,
+        image_size: int,
+        resize_size: int,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+    ) -> None:
+        super().__init__()
+        if geometry not in GEOMETRIES:
+            raise ValueError(f"geometry={geometry!r}: choose one of {', '.join(GEOMETRIES)}")
+        self.geometry, self.image_size, self.resize_size = geometry, int(image_size), int(resize_size)
+        self.mean, self.std = (list(mean), list(std)) if mean and std else (None, None)
+
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        # v2 hands over a plain tensor only when it stands for the image (no tv_tensors.Image in the sample)
+        is_image = isinstance(inpt, tv_tensors.Image) or type(inpt) is torch.Tensor
+        if is_image:
+            inpt = F.to_dtype(inpt, torch.float32, scale=True)
+        if self.geometry == "crop":
+            inpt = F.resize(inpt, [self.resize_size], antialias=True)
+            inpt = F.center_crop(inpt, [self.image_size, self.image_size])
+        elif self.geometry == "resize":
+            inpt = F.resize(inpt, [self.image_size], antialias=True)
+        if is_image and self.mean is not None:
+            inpt = F.normalize(inpt, self.mean, self.std)
+        return inpt
+
+
+def geometry_steps(geometry: str, image_size: int, resize_size: int) -> list[nn.Module]:
+    """The evaluation geometry as v2 steps."""
+    if geometry == "crop":
+        return [v2.Resize(resize_size, antialias=True), v2.CenterCrop(image_size)]
+    if geometry == "resize":
+        return [v2.Resize(image_size, antialias=True)]
+    if geometry == "none":
+        return []
+    raise ValueError(f"geometry={geometry!r}: choose one of {', '.join(GEOMETRIES)}")
+
+
+def _finish(mean: Sequence[float] | None, std: Sequence[float] | None) -> list[nn.Module]:
+    return [v2.Normalize(list(mean), list(std))] if mean and std else []
 
 
 # --- augmentation presets: the `augmentation` config group points its `_target_` at one of these ---------
@@ -74,7 +136,7 @@ def none(image_size: int, resize_size: int) -> list[nn.Module]:
 def basic(image_size: int, resize_size: int, hflip: float = 0.5, padding: int = 4) -> list[nn.Module]:
     """Random crop (with zero padding) and horizontal flip: the classic CIFAR recipe."""
     steps: list[nn.Module] = [v2.Resize(resize_size, antialias=True)]
-    steps.append(v2.RandomCrop(image_size, padding=padding if resize_size == image_size else None))
+    steps.append(v2.RandomCrop(image_size, padding=padding if resize_size == image_size else None, fill=FILL))
     if hflip > 0:
         steps.append(v2.RandomHorizontalFlip(hflip))
     return steps
@@ -124,19 +186,26 @@ def train_transform(
     augmentation: AugmentationFactory,
     image_size: int,
     resize_size: int,
-    mean: Sequence[float],
-    std: Sequence[float],
+    mean: Sequence[float] | None,
+    std: Sequence[float] | None,
+    geometry: str = "crop",
 ) -> v2.Compose:
-    """The training pipeline: to uint8 tensor, the augmentation preset's steps, then scale and normalise."""
+    """The training pipeline: the augmentation preset's steps, then scale to [0, 1] and normalise.
+
+    A preset with no steps of its own leaves the geometry to the evaluation's, so it trains on what it tests.
+    """
     steps = augmentation(image_size=image_size, resize_size=resize_size)
-    # with no geometric steps of its own, a preset leaves resizing to Preprocess, as in evaluation
-    return v2.Compose(
-        [v2.ToImage(), *steps, Preprocess(image_size, resize_size, mean, std, resize=not steps)]
-    )
+    if not steps:
+        return eval_transform(image_size, resize_size, mean, std, geometry)
+    return v2.Compose([WideToFloat(), *steps, v2.ToDtype(torch.float32, scale=True), *_finish(mean, std)])
 
 
 def eval_transform(
-    image_size: int, resize_size: int, mean: Sequence[float], std: Sequence[float]
-) -> v2.Compose:
-    """The evaluation pipeline, identical to the one inside exported models."""
-    return v2.Compose([v2.ToImage(), Preprocess(image_size, resize_size, mean, std)])
+    image_size: int,
+    resize_size: int,
+    mean: Sequence[float] | None,
+    std: Sequence[float] | None,
+    geometry: str = "crop",
+) -> v2.Transform:
+    """The evaluation pipeline, the same computation as ``Preprocess`` inside exported models."""
+    return Evaluate(geometry, image_size, resize_size, mean, std)

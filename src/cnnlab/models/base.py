@@ -1,22 +1,51 @@
-"""The contract every classification network keeps: ordered backbone ``stages``, then a ``head``.
+"""The contract every network keeps: ordered ``stages`` (input first), and what the network outputs.
 
-``forward_features`` runs the stages, ``forward_head`` the head. Freeze depth, per-stage learning rates and
-transfer from a checkpoint are generic code over ``stages`` (see ``cnnlab.finetune``): ``freeze=k`` means the
-first k stages for every architecture.
+Freeze depth, per-stage learning rates, transfer from a checkpoint and feature-map pictures are generic code
+over ``stages`` (see ``cnnlab.finetune``): ``freeze=k`` means the first k stages for every architecture.
+``forward_stages`` returns every stage's output, the hook a UNet decoder, an FPN or a feature-map figure
+needs. ``output`` names what ``forward`` returns, so a task can refuse a network it cannot train.
+
+Pretrained weights describe the input they expect in ``preprocessing``, a dict whose fields are all
+optional: ``mean``, ``std`` (per channel), ``image_size``, ``resize_size``.
 """
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from torch import Tensor, nn
 
+#: what a network's forward returns, by name (checked against the task before a run starts)
+OUTPUTS = {
+    "scores": "one score per class for each image (N, K)",
+    "image": "an image of the input's shape (N, C, H, W)",
+    "pixel_scores": "one score per class for each pixel (N, K, H, W)",
+    "detections": "boxes, labels and scores per image",
+}
 
-class Classifier(nn.Module):
-    """A backbone of ordered stages (input to head) followed by a classification head."""
 
-    #: the kind of task this network serves; checked against the datamodule's before a run starts
-    task: ClassVar[str] = "classification"
+class StagedNet(nn.Module):
+    """A network whose backbone is a sequence of ``stages``, input first."""
+
+    #: what ``forward`` returns: a key of ``OUTPUTS``
+    output: ClassVar[str] = ""
+    stages: nn.ModuleList
+    #: the input the loaded weights expect (optional fields), or None when trained from scratch
+    preprocessing: dict[str, Any] | None = None
+
+    def forward_stages(self, x: Tensor) -> list[Tensor]:
+        """The output of every stage, in order."""
+        outputs = []
+        for stage in self.stages:
+            x = stage(x)
+            outputs.append(x)
+        return outputs
+
+
+class Classifier(StagedNet):
+    """A backbone of ordered stages (input to head) followed by a head of class scores."""
+
+    output: ClassVar[str] = "scores"
 
     def __init__(self, stages: list[nn.Module], head: nn.Module) -> None:
         super().__init__()

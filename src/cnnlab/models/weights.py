@@ -157,16 +157,30 @@ def load_torchvision_weights(
     source = {theirs.get(n) or n: t for n, t in state.items()}
     report = WeightsReport(f"torchvision's {arch} {weights.name} ({hub_file(weights)})")
     _copy_matching(model, source, report, missing_reason="not in the weights: kept at its initial value")
-    transforms = weights.transforms()
-    mean, std = normalisation or (transforms.mean, transforms.std)
-    channels = input_channels(model)
-    report.preprocessing = {
-        "mean": fit_channels(mean, channels),
-        "std": fit_channels(std, channels),
-        "image_size": int(transforms.crop_size[0]),
-        "resize_size": int(transforms.resize_size[0]),
-    }
+    report.preprocessing = weights_preprocessing(weights, input_channels(model) or 3, normalisation)
     return report
+
+
+def weights_preprocessing(
+    weights: WeightsEnum,
+    channels: int,
+    normalisation: tuple[Sequence[float], Sequence[float]] | None = None,
+) -> dict[str, Any]:
+    """What ``weights`` expect of their input, each field only where its transforms say it.
+
+    Classification weights give mean, std, crop and resize sizes; segmentation weights no crop; detection
+    weights nothing at all (their networks normalise and resize inside).
+    """
+    transforms = weights.transforms()
+    found: dict[str, Any] = {}
+    mean, std = normalisation or (getattr(transforms, "mean", None), getattr(transforms, "std", None))
+    if mean is not None and std is not None:
+        found["mean"], found["std"] = fit_channels(mean, channels), fit_channels(std, channels)
+    for key, attr in (("image_size", "crop_size"), ("resize_size", "resize_size")):
+        value = getattr(transforms, attr, None)
+        if value:
+            found[key] = int(value[0])
+    return found
 
 
 # --- transfer from a cnnlab checkpoint ----------------------------------------------------------------------
@@ -196,8 +210,8 @@ def transfer_from_checkpoint(model: nn.Module, path: Path) -> WeightsReport:
             report.left_out[key] = "not a backbone stage"
     _copy_matching(model, source, report, missing_reason="not in the checkpoint: kept at its initial value")
     contract = ckpt.get("cnnlab", {}).get("contract", {})
+    channels = input_channels(model) or len(contract.get("mean") or [])
     if contract.get("mean") and contract.get("std"):
-        channels = input_channels(model)
         report.preprocessing = {
             "mean": fit_channels(contract["mean"], channels),
             "std": fit_channels(contract["std"], channels),
@@ -232,9 +246,9 @@ def fit_channels(values: Sequence[float], channels: int) -> list[float]:
     return [values[i % len(values)] for i in range(channels)]
 
 
-def input_channels(model: nn.Module) -> int:
-    """The number of channels the network's first convolution takes."""
-    return next(m.in_channels for m in model.modules() if isinstance(m, nn.Conv2d))
+def input_channels(model: nn.Module) -> int | None:
+    """The number of channels the network's first convolution takes (None for a network without one)."""
+    return next((m.in_channels for m in model.modules() if isinstance(m, nn.Conv2d)), None)
 
 
 def _copy_matching(

@@ -1,4 +1,9 @@
-"""What every task shares: the network, optimiser and scheduler wiring, and the checkpoint contract.
+"""What every task shares: the network, optimiser and scheduler wiring, freeze depth, the checkpoint contract.
+
+A task subclass declares what is specific to it: ``samples`` (what it asks of the data), ``network_output``
+(what its network must return), ``metrics`` (every metric it logs, each with its direction), ``serving`` (the
+module that exports it and shows its predictions), and supplies its own TensorBoard figures as callbacks.
+Generic code reads these declarations and names no task.
 
 Hyper-parameters hold plain config values only (dicts, lists, numbers, strings), so checkpoints load with
 torch's ``weights_only=True``; the network itself is passed in and never saved as a hyper-parameter.
@@ -7,22 +12,40 @@ torch's ``weights_only=True``; the network itself is passed in and never saved a
 from __future__ import annotations
 
 import copy
+import importlib
 import logging
 from typing import Any, ClassVar
 
 import lightning.pytorch as L
+import torch
 from hydra.utils import instantiate
-from torch import nn
+from torch import Tensor, nn
 
 from cnnlab import finetune
+from cnnlab.data.samples import SampleSpec
 
 log = logging.getLogger(__name__)
+
+SPLITS = ("train/", "val/", "test/", "best/")
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The training loss became NaN or infinite; the message gives the step and what to change."""
 
 
 class BaseTask(L.LightningModule):
     """A LightningModule around a network built elsewhere; subclasses add the loss, metrics and steps."""
 
-    kind: ClassVar[str] = ""
+    #: the task's name, as its config option (``task=<name>``) spells it
+    name: ClassVar[str] = ""
+    #: what the task asks of the data (target keys, evaluation geometry, collate)
+    samples: ClassVar[SampleSpec]
+    #: what its network must return: a key of ``cnnlab.models.base.OUTPUTS``
+    network_output: ClassVar[str] = ""
+    #: every metric the task logs (without the split prefix), "max" when higher is better, else "min"
+    metrics: ClassVar[dict[str, str]] = {"loss": "min"}
+    #: the module (under ``cnnlab.serving``) that wraps the network for export and shows its predictions
+    serving: ClassVar[str] = ""
 
     def __init__(
         self,
@@ -31,6 +54,7 @@ class BaseTask(L.LightningModule):
         scheduler: dict[str, Any] | None = None,
         finetune_cfg: dict[str, Any] | None = None,
         run_config: dict[str, Any] | None = None,
+        figures: bool = True,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["net"], logger=False)
@@ -38,9 +62,46 @@ class BaseTask(L.LightningModule):
         self.freezer = finetune.StageFreezer(net, finetune_cfg or {})
         #: preprocessing, class names and input shape: written into every checkpoint for export and predict
         self.contract: dict[str, Any] = {}
+        self._last_finite: tuple[int, Tensor] | None = None
+
+    @classmethod
+    def metric_mode(cls, metric: str) -> str:
+        """ "max" or "min": which way ``metric`` (``val/acc``, ``best/val/loss``) improves for this task."""
+        name = metric
+        while name.startswith(SPLITS):
+            name = name.split("/", 1)[1]
+        if name not in cls.metrics or not metric.startswith(SPLITS):
+            known = ", ".join(f"val/{m}" for m in cls.metrics)
+            raise ValueError(
+                f"optimized_metric={metric} is not a metric that task={cls.name} logs; choose one of {known} "
+                "(or their train/ and test/ forms)"
+            )
+        return cls.metrics[name]
 
     def forward(self, x: Any) -> Any:
         return self.net(x)
+
+    # --- what a subclass may add -------------------------------------------------------------------------
+
+    def figure_callbacks(self) -> list[L.Callback]:
+        """The callbacks that draw this task's TensorBoard figures."""
+        return []
+
+    def dashboard_hparams(self) -> dict[str, Any]:
+        """Task-specific hyper-parameters for TensorBoard's HPARAMS row (flat, fixed for the task)."""
+        return {}
+
+    def export_module(self) -> nn.Module:
+        """The network wrapped for production by the task's serving module: preprocessing to output."""
+        module = importlib.import_module(self.serving)
+        return module.Exported(self.net, self.contract)
+
+    def contract_extras(self) -> dict[str, Any]:
+        """What the task adds to the checkpoint's contract (a threshold chosen on validation, say)."""
+        return {}
+
+    def configure_callbacks(self) -> list[L.Callback]:
+        return self.figure_callbacks() if self.hparams.get("figures", True) else []
 
     # --- freeze depth ------------------------------------------------------------------------------------
 
@@ -67,6 +128,36 @@ class BaseTask(L.LightningModule):
 
     def _epoch(self) -> int:
         return self.trainer.current_epoch if self._trainer is not None else 0
+
+    # --- divergence --------------------------------------------------------------------------------------
+
+    def on_before_backward(self, loss: Tensor) -> None:
+        if not torch.isfinite(loss):
+            raise NonFiniteLossError(self._divergence_message(float(loss)))
+        self._last_finite = (self.global_step, loss.detach())
+
+    def on_validation_epoch_start(self) -> None:
+        # an optimiser step can turn a finite loss into non-finite weights; never validate (and so
+        # checkpoint) such a model
+        finite = torch.stack([p.detach().isfinite().all() for p in self.net.parameters()]).all()
+        if self.trainer.training and not finite:
+            raise NonFiniteLossError(self._divergence_message(float("nan"), what="the weights"))
+
+    def _divergence_message(self, value: float, what: str = "the training loss") -> str:
+        last = (
+            f"the last finite loss was {float(self._last_finite[1]):.4g} at step {self._last_finite[0]}"
+            if self._last_finite is not None
+            else "no step had a finite loss"
+        )
+        lr = self.hparams.optimizer.get("lr")
+        precision = getattr(self.trainer, "precision", "32-true") if self._trainer is not None else "32-true"
+        return (
+            f"{what} became {value} at step {self.global_step} (epoch {self._epoch()}); {last}. The run "
+            "stopped; no checkpoint of the diverged model was kept as best and nothing was exported. Try a "
+            f"smaller learning rate (optimizer.lr={lr}), gradient clipping (trainer.gradient_clip_val=1.0)"
+            + (", or full precision (trainer.precision=32-true)" if "32" not in str(precision) else "")
+            + "."
+        )
 
     # --- optimisation ------------------------------------------------------------------------------------
 
@@ -99,10 +190,10 @@ class BaseTask(L.LightningModule):
     def setup(self, stage: str) -> None:
         datamodule = getattr(self.trainer, "datamodule", None)
         if datamodule is not None and hasattr(datamodule, "contract"):
-            self.contract = datamodule.contract()
+            self.contract = {**datamodule.contract(), "task": self.name, "serving": self.serving}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["cnnlab"] = {"contract": self.contract, "task": self.kind}
+        checkpoint["cnnlab"] = {"contract": {**self.contract, **self.contract_extras()}, "task": self.name}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.contract = checkpoint.get("cnnlab", {}).get("contract", {})

@@ -2,21 +2,38 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
+import lightning.pytorch as L
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
+from cnnlab.data.mixing import batch_mix
+from cnnlab.data.samples import SampleSpec, label_collate
+from cnnlab.figures.classification import ClassificationFigures
 from cnnlab.tasks.base import BaseTask
+
+# Lightning warns at every fit that the module's on_after_batch_transfer runs rather than the datamodule's;
+# cnnlab's datamodules define none, so there is nothing to choose between
+warnings.filterwarnings("ignore", message="You have overridden `on_after_batch_transfer`")
 
 
 class ClassificationTask(BaseTask):
-    """Trains a ``Classifier`` on (images, labels) batches and logs train/val/test metrics every epoch."""
+    """Trains a network of class scores on (images, labels) batches; logs train/val/test metrics each epoch.
 
-    kind = "classification"
+    ``mixup_alpha`` / ``cutmix_alpha`` > 0 mix training batches (labels become class probabilities, so there
+    is no train/acc then).
+    """
+
+    name = "classification"
+    samples = SampleSpec(needs=("label",), eval_geometry="crop", collate=label_collate)
+    network_output = "scores"
+    metrics = {"loss": "min", "acc": "max", "f1": "max", "acc_top5": "max"}
+    serving = "cnnlab.serving.classification"
 
     def __init__(
         self,
@@ -26,9 +43,12 @@ class ClassificationTask(BaseTask):
         scheduler: dict[str, Any] | None = None,
         finetune_cfg: dict[str, Any] | None = None,
         label_smoothing: float = 0.0,
+        mixup_alpha: float = 0.0,
+        cutmix_alpha: float = 0.0,
+        figures: bool = True,
         run_config: dict[str, Any] | None = None,
     ) -> None:
-        super().__init__(net, optimizer, scheduler, finetune_cfg, run_config)
+        super().__init__(net, optimizer, scheduler, finetune_cfg, run_config, figures)
         metrics: dict[str, Any] = {
             "acc": MulticlassAccuracy(num_classes, average="micro"),
             "f1": MulticlassF1Score(num_classes, average="macro"),
@@ -40,10 +60,27 @@ class ClassificationTask(BaseTask):
         self.train_metrics = collection.clone(prefix="train/")
         self.val_metrics = collection.clone(prefix="val/")
         self.test_metrics = collection.clone(prefix="test/")
+        self.mix = batch_mix(num_classes, mixup_alpha, cutmix_alpha)
+
+    def figure_callbacks(self) -> list[L.Callback]:
+        return [ClassificationFigures()]
+
+    def dashboard_hparams(self) -> dict[str, Any]:
+        return {
+            "label_smoothing": float(self.hparams.label_smoothing),
+            "mixup_alpha": float(self.hparams.mixup_alpha),
+            "cutmix_alpha": float(self.hparams.cutmix_alpha),
+        }
 
     def loss(self, logits: Tensor, target: Tensor) -> Tensor:
         """Cross-entropy; ``target`` is class indices or, after mixup/cutmix, class probabilities."""
         return F.cross_entropy(logits, target, label_smoothing=self.hparams.label_smoothing)
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        # mixing needs the whole batch; done here, before callbacks see the batch the model trains on
+        if self.mix is not None and self._trainer is not None and self.trainer.training:
+            return self.mix(*batch)
+        return batch
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         images, labels = batch

@@ -1,4 +1,4 @@
-"""Figures a person would rather look at than read: confusion matrix and sample predictions at test time."""
+"""Classification figures at test time: a confusion matrix and sample predictions titled with the truth."""
 
 from __future__ import annotations
 
@@ -6,22 +6,11 @@ import math
 from typing import Any
 
 import lightning.pytorch as L
-import matplotlib
+import matplotlib.pyplot as plt
+from torch import Tensor
+from torchmetrics.classification import MulticlassConfusionMatrix
 
-matplotlib.use("Agg")  # figures are written to files and TensorBoard, never shown
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
-from lightning.pytorch.loggers import TensorBoardLogger  # noqa: E402
-from torch import Tensor  # noqa: E402
-from torchmetrics.classification import MulticlassConfusionMatrix  # noqa: E402
-
-
-def tensorboard(trainer: L.Trainer) -> Any | None:
-    """The TensorBoard SummaryWriter of the run, or None when TensorBoard is not among its loggers."""
-    for logger in trainer.loggers:
-        if isinstance(logger, TensorBoardLogger):
-            return logger.experiment
-    return None
+from cnnlab.figures import denormalize, tensorboard
 
 
 class ClassificationFigures(L.Callback):
@@ -74,7 +63,7 @@ def confusion_figure(matrix: Tensor, names: list[str]) -> plt.Figure:
     n = matrix.shape[0]
     rates = matrix.float() / matrix.sum(1, keepdim=True).clamp_min(1)
     fig, ax = plt.subplots(figsize=(max(4, 0.45 * n + 2), max(4, 0.45 * n + 1.5)))
-    ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
+    ax.imshow(rates.numpy(), cmap="Blues", vmin=0, vmax=1)
     ax.set(xticks=range(n), yticks=range(n), xlabel="predicted", ylabel="true")
     ax.set_xticklabels(names, rotation=90, fontsize=7)
     ax.set_yticklabels(names, fontsize=7)
@@ -94,13 +83,6 @@ def confusion_figure(matrix: Tensor, names: list[str]) -> plt.Figure:
     return fig
 
 
-def denormalize(image: Tensor, mean: list[float], std: list[float]) -> Tensor:
-    """Undo ``Normalize`` for display: an image in [0, 1], channels last."""
-    if mean and std:
-        image = image * torch.tensor(std).view(-1, 1, 1) + torch.tensor(mean).view(-1, 1, 1)
-    return image.clamp(0, 1).permute(1, 2, 0)
-
-
 def predictions_figure(
     samples: list[tuple[Tensor, int, int]], names: list[str], contract: dict[str, Any]
 ) -> plt.Figure:
@@ -112,7 +94,7 @@ def predictions_figure(
         ax.axis("off")
     for ax, (image, pred, label) in zip(axes.flat, samples, strict=False):
         shown = denormalize(image, contract.get("mean", []), contract.get("std", []))
-        ax.imshow(shown.squeeze(-1) if shown.shape[-1] == 1 else shown, cmap="gray")
+        ax.imshow((shown.squeeze(-1) if shown.shape[-1] == 1 else shown).numpy(), cmap="gray")
         ax.set_title(f"{names[pred]} ({names[label]})", fontsize=7, color="green" if pred == label else "red")
     fig.tight_layout()
     return fig

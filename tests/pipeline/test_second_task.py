@@ -1,0 +1,72 @@
+"""A task from new files alone runs through train.py; checkpoint, test, report and export follow it."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+HERE = Path(__file__).resolve().parent
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`python train.py -m task=brightness optimizer.lr=...`: two jobs of a task cnnlab does not know."""
+    out = tmp_path_factory.mktemp("brightness") / "sweep"
+    args = [
+        str(ROOT / "train.py"),
+        "-m",
+        f"hydra.searchpath=[file://{HERE / 'conf'}]",
+        "task=brightness",
+        "optimizer.lr=0.0003,0.03",
+        "trainer.max_epochs=3",
+        "logger=csv",
+        f"hydra.sweep.dir={out}",
+        "callbacks.progress_bar=null",
+        "callbacks.model_summary=null",
+        "trainer.accelerator=cpu",
+    ]
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "tests"), CUDA_VISIBLE_DEVICES="")
+    proc = subprocess.run([sys.executable, *args], env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return out
+
+
+def test_best_checkpoint_is_the_lowest_validation_error(sweep: Path) -> None:
+    for job in ("0", "1"):
+        metrics = json.loads((sweep / job / "metrics.json").read_text())
+        assert metrics["optimized_metric"] == "val/mae" and metrics["optimized_mode"] == "min"
+        with (sweep / job / "csv" / "metrics.csv").open() as handle:
+            maes = {int(r["epoch"]): float(r["val/mae"]) for r in csv.DictReader(handle) if r.get("val/mae")}
+        best = torch.load(metrics["best_checkpoint"], weights_only=True)["epoch"]
+        assert best == min(maes, key=maes.__getitem__)
+        assert metrics["best/val/mae"] == pytest.approx(min(maes.values()))
+        assert "test/mae" in metrics  # tested on the best checkpoint
+
+
+def test_sweep_report_ranks_lower_first(sweep: Path) -> None:
+    text = (sweep / "results.md").read_text()
+    assert "best first by best/val/mae (lower is better)" in text
+    summary = text.split("## Mean")[1]
+    rows = [line for line in summary.splitlines() if line.startswith("| optimizer.lr=")]
+    values = [float(row.split("|")[3]) for row in rows]
+    assert len(values) == 2 and values == sorted(values)
+
+
+def test_export_serves_the_task(sweep: Path) -> None:
+    from pipeline.brightness import brightness
+
+    metrics = json.loads((sweep / "0" / "metrics.json").read_text())
+    model = torch.jit.load(metrics["export"])
+    images = torch.randint(0, 256, (4, 1, 16, 16), dtype=torch.uint8)
+    assert model(images).shape == (4,) and model.serving == "pipeline.brightness"
+    contract = json.loads((sweep / "0" / "export" / "model.json").read_text())
+    assert contract["task"] == "brightness" and contract["output"].startswith("the predicted mean brightness")
+    assert torch.isfinite(model(images) - brightness(images)).all()
