@@ -1,0 +1,150 @@
+"""COCO-style object detection: a folder of images and an instances JSON (``images``, ``annotations``,
+``categories``), as COCO itself and most labelling tools export it.
+
+Category ids become contiguous labels 0..K-1 in increasing id order; boxes go from [x, y, w, h] to XYXY.
+Boxes with no width or height are dropped (and counted in the log); an image without annotations has no boxes.
+Instance masks (polygons, RLE) are not read.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+from torchvision import tv_tensors
+
+from cnnlab.data.errors import DatasetFormatError, DatasetNotFoundError
+from cnnlab.data.io import read_image
+
+log = logging.getLogger(__name__)
+
+REQUIRED = {
+    "images": ("id", "file_name"),
+    "annotations": ("image_id", "category_id", "bbox"),
+    "categories": ("id", "name"),
+}
+
+
+class CocoDetectionFiles(Dataset):
+    """The images named in a COCO instances JSON, with their boxes, labels and crowd flags."""
+
+    def __init__(
+        self, images_dir: str | os.PathLike, annotation_file: str | os.PathLike, channels: int = 3
+    ) -> None:
+        self.images_dir = Path(images_dir).expanduser()
+        self.annotation_file = Path(annotation_file).expanduser()
+        self.channels = channels
+        content = _load(self.annotation_file)
+        categories = sorted(content["categories"], key=lambda c: c["id"])
+        if not categories:
+            raise DatasetFormatError(f"{self.annotation_file} lists no categories: detection needs classes")
+        #: category names in increasing id order: label k is ``class_names[k]``
+        self.class_names: list[str] = [str(c["name"]) for c in categories]
+        self.category_ids: list[int] = [c["id"] for c in categories]
+        self.images: list[Mapping[str, Any]] = list(content["images"])
+        if not self.images:
+            raise DatasetFormatError(f"{self.annotation_file} lists no images")
+        self._check_images_exist()
+        self.objects = self._group(content["annotations"])
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> tuple[tv_tensors.Image, dict[str, Any]]:
+        image = read_image(self.images_dir / self.images[index]["file_name"], self.channels)
+        boxes, labels, crowd = self.objects[index]
+        # copies: a transform that changes a target in place must not change the stored annotations
+        target = {
+            "boxes": tv_tensors.BoundingBoxes(
+                torch.tensor(boxes), format="XYXY", canvas_size=tuple(image.shape[1:])
+            ),
+            "labels": torch.tensor(labels),
+            "iscrowd": torch.tensor(crowd),
+        }
+        return tv_tensors.Image(image), target
+
+    # --- helpers -----------------------------------------------------------------------------------------
+
+    def _check_images_exist(self) -> None:
+        if not self.images_dir.is_dir():
+            raise DatasetNotFoundError(
+                f"the image folder {self.images_dir} does not exist: it must hold the images named in "
+                f"{self.annotation_file}"
+            )
+        names = [str(image["file_name"]) for image in self.images]
+        missing = [name for name in names if not (self.images_dir / name).is_file()]
+        if missing:
+            more = " ..." if len(missing) > 5 else ""
+            raise DatasetNotFoundError(
+                f"{len(missing)} of {len(self.images)} images named in {self.annotation_file} are missing "
+                f"from {self.images_dir}: {', '.join(missing[:5])}{more}. Check images_dir, or remove those "
+                "entries"
+            )
+
+    def _group(self, annotations: list[Mapping[str, Any]]) -> list[tuple[np.ndarray, ...]]:
+        """Per image (``images`` order): boxes (N, 4) XYXY float32, labels (N,) int64, iscrowd (N,) bool."""
+        row = {image["id"]: i for i, image in enumerate(self.images)}
+        label = {category: k for k, category in enumerate(self.category_ids)}
+        grouped: list[list[tuple[list[float], int, bool]]] = [[] for _ in self.images]
+        degenerate = 0
+        for number, annotation in enumerate(annotations):
+            where = f"{self.annotation_file}: annotations[{number}] (id {annotation.get('id')})"
+            if annotation["image_id"] not in row:
+                raise DatasetFormatError(f"{where} names image_id {annotation['image_id']}, not in images")
+            if annotation["category_id"] not in label:
+                raise DatasetFormatError(
+                    f"{where} names category_id {annotation['category_id']}; categories has ids "
+                    f"{self.category_ids}"
+                )
+            bbox = annotation["bbox"]
+            if not (isinstance(bbox, list) and len(bbox) == 4):
+                raise DatasetFormatError(f"{where} has bbox {bbox!r}; COCO boxes are [x, y, width, height]")
+            x, y, w, h = (float(v) for v in bbox)
+            if w <= 0 or h <= 0:
+                degenerate += 1
+                continue
+            crowd = bool(annotation.get("iscrowd", 0))
+            objects = grouped[row[annotation["image_id"]]]
+            objects.append(([x, y, x + w, y + h], label[annotation["category_id"]], crowd))
+        if degenerate:
+            log.warning(
+                "data: %s: dropped %d boxes with zero width or height", self.annotation_file, degenerate
+            )
+        return [
+            (
+                np.array([box for box, _, _ in objects], dtype=np.float32).reshape(-1, 4),
+                np.array([k for _, k, _ in objects], dtype=np.int64),
+                np.array([c for _, _, c in objects], dtype=bool),
+            )
+            for objects in grouped
+        ]
+
+
+def _load(path: Path) -> dict[str, Any]:
+    """The parsed JSON, after checking the keys and fields this reader needs."""
+    if not path.is_file():
+        raise DatasetNotFoundError(f"the COCO annotation file {path} does not exist")
+    try:
+        content = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise DatasetFormatError(f"{path} is not valid JSON ({err})") from err
+    if not isinstance(content, dict):
+        raise DatasetFormatError(f"{path} must hold a JSON object with keys {', '.join(REQUIRED)}")
+    for key, fields in REQUIRED.items():
+        if not isinstance(content.get(key), list):
+            raise DatasetFormatError(
+                f"{path} has no list {key!r}: a COCO instances file holds {', '.join(REQUIRED)} "
+                "(image-info files without annotations cannot be read for detection)"
+            )
+        for number, entry in enumerate(content[key]):
+            absent = [field for field in fields if not isinstance(entry, dict) or field not in entry]
+            if absent:
+                raise DatasetFormatError(f"{path}: {key}[{number}] lacks {', '.join(absent)}")
+    return content

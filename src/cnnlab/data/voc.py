@@ -1,0 +1,220 @@
+"""Pascal VOC as distributed: ``VOCdevkit/VOC<year>/`` with ``JPEGImages/``, ``SegmentationClass/``,
+``Annotations/`` and the split lists in ``ImageSets/{Segmentation,Main}/<split>.txt``.
+
+Segmentation masks are palette PNGs of class indices 0..20 with 255 on object borders (ignored, kept as 255).
+Annotation boxes count pixels from 1, both ends included; they become 0-based pixel edges (xmin - 1, ymin - 1,
+xmax, ymax), as detectron2 reads VOC, so that they mean what COCO's and every other reader's boxes mean.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import xml.etree.ElementTree as ET
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+from torchvision import datasets, tv_tensors
+from torchvision.datasets.voc import DATASET_YEAR_DICT
+
+from cnnlab.data.errors import DatasetFormatError, DatasetNotFoundError
+from cnnlab.data.io import read_image, read_mask
+from cnnlab.data.samples import IGNORE_INDEX
+
+log = logging.getLogger(__name__)
+
+VOC_CLASSES = (
+    "aeroplane bicycle bird boat bottle bus car cat chair cow diningtable dog horse motorbike person "
+    "pottedplant sheep sofa train tvmonitor"
+).split()
+BOX_KEYS = ("xmin", "ymin", "xmax", "ymax")
+
+
+class VOCSegmentationFiles(Dataset):
+    """VOC images with their class masks (0 background, 1..20 ``VOC_CLASSES``, 255 borders) for one split."""
+
+    def __init__(
+        self, root: str | os.PathLike, split: str = "train", channels: int = 3, year: str | None = None
+    ) -> None:
+        self.class_names = ["background", *VOC_CLASSES]
+        self.folder = year_folder(root, year)
+        self.channels = channels
+        stems = _split_stems(self.folder, "Segmentation", split)
+        self.samples = _paired(self.folder, stems, "SegmentationClass", ".png")
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[tv_tensors.Image, dict[str, Any]]:
+        image_path, mask_path = self.samples[index]
+        image = read_image(image_path, self.channels)
+        mask = read_mask(mask_path)
+        if mask.shape != image.shape[1:]:
+            raise DatasetFormatError(
+                f"{mask_path} is {tuple(mask.shape)} (H, W) but its image is {tuple(image.shape[1:])}: "
+                "the mask must match its image"
+            )
+        unknown = mask[(mask >= len(self.class_names)) & (mask != IGNORE_INDEX)].unique()
+        if len(unknown):
+            raise DatasetFormatError(
+                f"{mask_path} holds class indices {unknown.tolist()}; VOC masks hold 0..20 and "
+                f"{IGNORE_INDEX} (borders). Is it a colour PNG rather than the palette PNG VOC ships?"
+            )
+        return tv_tensors.Image(image), {"mask": tv_tensors.Mask(mask)}
+
+
+class VOCDetectionFiles(Dataset):
+    """VOC images with their object boxes, labels (indices into ``VOC_CLASSES``) and difficult flags."""
+
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        split: str = "train",
+        channels: int = 3,
+        keep_difficult: bool = True,
+        year: str | None = None,
+    ) -> None:
+        self.class_names = list(VOC_CLASSES)
+        self.folder = year_folder(root, year)
+        self.channels = channels
+        stems = _split_stems(self.folder, "Main", split)
+        self.samples = _paired(self.folder, stems, "Annotations", ".xml")
+        # every annotation is parsed now, so that a malformed one stops the run before training starts
+        self.objects = [parse_annotation(xml, keep_difficult) for _, xml in self.samples]
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[tv_tensors.Image, dict[str, Any]]:
+        image = read_image(self.samples[index][0], self.channels)
+        boxes, labels, difficult = self.objects[index]
+        # copies: a transform that changes a target in place must not change the stored annotations
+        target = {
+            "boxes": tv_tensors.BoundingBoxes(
+                torch.tensor(boxes), format="XYXY", canvas_size=tuple(image.shape[1:])
+            ),
+            "labels": torch.tensor(labels),
+            "difficult": torch.tensor(difficult),
+        }
+        return tv_tensors.Image(image), target
+
+
+def parse_annotation(path: Path, keep_difficult: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The boxes (N, 4) float32 as 0-based XYXY, labels (N,) int64 and difficult flags (N,) of a VOC XML."""
+    try:
+        objects = ET.parse(path).getroot().findall("object")
+    except ET.ParseError as err:
+        raise DatasetFormatError(
+            f"{path} is not valid XML ({err}): replace it with the original file"
+        ) from err
+    boxes, labels, difficult = [], [], []
+    for number, element in enumerate(objects, start=1):
+        name = (element.findtext("name") or "").strip()
+        if name not in VOC_CLASSES:
+            raise DatasetFormatError(
+                f"{path}: object {number} is named {name!r}, not one of the VOC classes "
+                f"{', '.join(VOC_CLASSES)}"
+            )
+        try:
+            xmin, ymin, xmax, ymax = (float(element.findtext(f"bndbox/{key}", "")) for key in BOX_KEYS)
+        except ValueError as err:
+            raise DatasetFormatError(
+                f"{path}: object {number} ({name}) needs a bndbox with numbers {', '.join(BOX_KEYS)}"
+            ) from err
+        hard = (element.findtext("difficult") or "0").strip() == "1"
+        if hard and not keep_difficult:
+            continue
+        boxes.append((xmin - 1, ymin - 1, xmax, ymax))
+        labels.append(VOC_CLASSES.index(name))
+        difficult.append(hard)
+    return (
+        np.array(boxes, dtype=np.float32).reshape(-1, 4),
+        np.array(labels, dtype=np.int64),
+        np.array(difficult, dtype=bool),
+    )
+
+
+def year_folder(root: str | os.PathLike, year: str | None = None) -> Path:
+    """The ``VOC<year>`` folder: ``root`` itself, or found in ``root`` or ``root/VOCdevkit``."""
+    root = Path(root).expanduser()
+    if (root / "JPEGImages").is_dir():
+        return root
+    # VOC2011's archive unpacks to TrainVal/VOCdevkit/VOC2011
+    found = sorted(
+        folder
+        for parent in (root, root / "VOCdevkit", root / "TrainVal" / "VOCdevkit")
+        if parent.is_dir()
+        for folder in parent.glob(f"VOC{year or '*'}")
+        if (folder / "JPEGImages").is_dir()
+    )
+    if len(found) == 1:
+        return found[0]
+    if found:
+        years = ", ".join(folder.name.removeprefix("VOC") for folder in found)
+        raise DatasetFormatError(f"{root} holds several VOC years ({years}): choose one with year=")
+    wanted = f"VOC{year}" if year else "VOC<year>"
+    raise DatasetNotFoundError(
+        f"no Pascal VOC in {root}: expected {root}/VOCdevkit/{wanted}/JPEGImages (root may also name "
+        f"VOCdevkit/ or {wanted}/ itself). {_instructions(root, year or '2012')}"
+    )
+
+
+def download(root: str | os.PathLike, year: str = "2012", split: str = "trainval") -> Path:
+    """Download and unpack VOC ``year`` into ``root`` unless it is there; return its ``VOC<year>`` folder."""
+    root = Path(root).expanduser()
+    try:
+        return year_folder(root, year)
+    except DatasetNotFoundError:
+        pass
+    log.info("data: downloading Pascal VOC %s into %s", year, root)
+    try:
+        datasets.VOCDetection(str(root), year=year, image_set=split, download=True)
+    except (OSError, RuntimeError) as err:
+        detail = " ".join(str(err).split())
+        raise DatasetNotFoundError(
+            f"Pascal VOC {year} is not in {root} and downloading it failed ({type(err).__name__}: {detail}). "
+            + _instructions(root, year, split)
+        ) from err
+    return year_folder(root, year)
+
+
+def _instructions(root: Path, year: str, split: str = "trainval") -> str:
+    release = DATASET_YEAR_DICT.get("2007-test" if (year, split) == ("2007", "test") else year)
+    if release is None:
+        return f"VOC years are {', '.join(sorted(DATASET_YEAR_DICT))}."
+    return (
+        f"Without internet access, fetch {release['url']} on another machine and unpack "
+        f"{release['filename']} into {root}/ (it holds {release['base_dir']}/), or download it where the "
+        "internet is reachable."
+    )
+
+
+def _split_stems(folder: Path, task: str, split: str) -> list[str]:
+    lists = folder / "ImageSets" / task
+    listing = lists / f"{split}.txt"
+    if not listing.is_file():
+        present = sorted(p.stem for p in lists.glob("*.txt")) if lists.is_dir() else []
+        raise DatasetNotFoundError(
+            f"{listing} does not exist: split={split!r} needs it. Splits listed in {lists}: "
+            f"{', '.join(present) or 'none'}"
+        )
+    stems = [line.split()[0] for line in listing.read_text().splitlines() if line.strip()]
+    if not stems:
+        raise DatasetFormatError(f"{listing} lists no images")
+    return stems
+
+
+def _paired(folder: Path, stems: list[str], target_dir: str, suffix: str) -> list[tuple[Path, Path]]:
+    """(image, annotation) paths of the listed stems, after checking that every file exists."""
+    samples = [(folder / "JPEGImages" / f"{s}.jpg", folder / target_dir / f"{s}{suffix}") for s in stems]
+    missing = [path.relative_to(folder) for pair in samples for path in pair if not path.is_file()]
+    if missing:
+        raise DatasetNotFoundError(
+            f"{len(missing)} files listed by the split are missing from {folder}: "
+            f"{', '.join(map(str, missing[:5]))}{' ...' if len(missing) > 5 else ''}. Unpack the VOC archive "
+            "again, or remove their names from the split list"
+        )
+    return samples

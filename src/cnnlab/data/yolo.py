@@ -1,0 +1,165 @@
+"""YOLO (Ultralytics) detection folders: a dataset YAML, ``images/<split>/*``, ``labels/<split>/<stem>.txt``.
+
+The YAML names the folder (``path``, optional: the YAML's own folder by default; a relative path is taken
+from the YAML's folder), each split's images (``train``, ``val``, ``test``: a folder, a ``.txt`` list of
+images, or a list of those) and the classes (``names``: a list or ``{index: name}``; ``nc`` optional).
+An image's labels sit where its path has ``labels`` for its last ``images`` folder and ``.txt`` for its
+suffix; each line is ``class cx cy w h`` with coordinates normalised to [0, 1]. An image without a label
+file has no objects.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+from torch.utils.data import Dataset
+from torchvision import tv_tensors
+from torchvision.datasets.folder import IMG_EXTENSIONS
+from torchvision.ops import box_convert
+
+from cnnlab.data.errors import DatasetFormatError, DatasetNotFoundError
+from cnnlab.data.io import read_image
+
+# labelling tools round coordinates; a value this far outside [0, 1] is still taken (and clamped)
+TOLERANCE = 1e-3
+
+
+class YoloFolder(Dataset):
+    """The images of one split of a YOLO dataset, with their boxes and labels (indices into ``names``)."""
+
+    def __init__(self, dataset_yaml: str | os.PathLike, split: str = "train", channels: int = 3) -> None:
+        self.dataset_yaml = Path(dataset_yaml).expanduser()
+        self.channels = channels
+        config = _load(self.dataset_yaml)
+        self.class_names: list[str] = class_names(config, self.dataset_yaml)
+        base = Path(config.get("path") or self.dataset_yaml.parent).expanduser()
+        self.folder = base if base.is_absolute() else self.dataset_yaml.parent / base
+        if not config.get(split):
+            present = [key for key in ("train", "val", "test") if config.get(key)]
+            raise DatasetFormatError(
+                f"{self.dataset_yaml} names no images for split {split!r}; it names "
+                f"{', '.join(present) or 'none'}"
+            )
+        entries = config[split] if isinstance(config[split], list) else [config[split]]
+        self.images = [image for entry in entries for image in self._list_images(str(entry))]
+        if not self.images:
+            raise DatasetFormatError(f"{split}: {config[split]} in {self.dataset_yaml} holds no images")
+        self.objects = [self._read_labels(label_path(image)) for image in self.images]
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> tuple[tv_tensors.Image, dict[str, Any]]:
+        image = read_image(self.images[index], self.channels)
+        height, width = image.shape[1:]
+        labels, centres = self.objects[index]
+        scale = torch.tensor([width, height, width, height], dtype=torch.float32)
+        boxes = box_convert(torch.from_numpy(centres), "cxcywh", "xyxy") * scale
+        boxes = torch.minimum(boxes.clamp(min=0), scale)  # a centre box may reach past the image's edge
+        target = {
+            "boxes": tv_tensors.BoundingBoxes(boxes, format="XYXY", canvas_size=(height, width)),
+            "labels": torch.tensor(labels),
+        }
+        return tv_tensors.Image(image), target
+
+    # --- helpers -----------------------------------------------------------------------------------------
+
+    def _list_images(self, entry: str) -> list[Path]:
+        path = Path(entry).expanduser()
+        path = path if path.is_absolute() else self.folder / path
+        if path.suffix == ".txt" and path.is_file():
+            lines = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+            images = [path.parent / line for line in lines]  # an absolute line stays as it is
+            missing = [str(image) for image in images if not image.is_file()]
+            if missing:
+                raise DatasetNotFoundError(
+                    f"{path} lists {len(missing)} images that do not exist: {', '.join(missing[:5])}"
+                    f"{' ...' if len(missing) > 5 else ''}"
+                )
+            return images
+        if not path.is_dir():
+            raise DatasetNotFoundError(
+                f"{path} does not exist: {self.dataset_yaml} names it as a folder of images (relative paths "
+                f"start from {self.folder})"
+            )
+        return sorted(
+            p
+            for p in path.rglob("*")
+            if p.suffix.lower() in IMG_EXTENSIONS and not p.name.startswith(".") and p.is_file()
+        )
+
+    def _read_labels(self, path: Path) -> tuple[np.ndarray, np.ndarray]:
+        """Labels (N,) int64 and normalised boxes (N, 4) cx, cy, w, h float32 of a label file."""
+        if not path.is_file():
+            return np.zeros(0, dtype=np.int64), np.zeros((0, 4), dtype=np.float32)
+        labels, boxes = [], []
+        for number, line in enumerate(path.read_text().splitlines(), start=1):
+            fields = line.split()
+            if not fields:
+                continue
+            where = f"{path}, line {number} ({line.strip()!r})"
+            if len(fields) != 5:
+                raise DatasetFormatError(
+                    f"{where}: a detection label is 5 numbers, class cx cy w h; found {len(fields)}"
+                )
+            try:
+                label, values = float(fields[0]), [float(v) for v in fields[1:]]
+            except ValueError as err:
+                raise DatasetFormatError(f"{where}: the fields must be numbers") from err
+            if not label.is_integer() or not 0 <= label < len(self.class_names):
+                raise DatasetFormatError(
+                    f"{where}: class {fields[0]} is not an index of names (0..{len(self.class_names) - 1} in "
+                    f"{self.dataset_yaml})"
+                )
+            if not all(-TOLERANCE <= v <= 1 + TOLERANCE for v in values):
+                raise DatasetFormatError(
+                    f"{where}: cx cy w h must be normalised to [0, 1] (divided by the image's width and "
+                    "height)"
+                )
+            labels.append(int(label))
+            boxes.append(np.clip(values, 0.0, 1.0))
+        return np.array(labels, dtype=np.int64), np.array(boxes, dtype=np.float32).reshape(-1, 4)
+
+
+def label_path(image: Path) -> Path:
+    """The label file of an image: its last ``images`` folder becomes ``labels``, its suffix ``.txt``."""
+    parts = list(image.parts)
+    if "images" in parts:
+        last = len(parts) - 1 - parts[::-1].index("images")
+        parts[last] = "labels"
+    return Path(*parts).with_suffix(".txt")
+
+
+def class_names(config: dict[str, Any], source: Path) -> list[str]:
+    """The class names of a dataset YAML's ``names`` (a list or ``{index: name}``), checked against ``nc``."""
+    names = config.get("names")
+    if isinstance(names, dict):
+        if sorted(names) != list(range(len(names))):
+            raise DatasetFormatError(
+                f"{source}: the keys of names must be the indices 0..{len(names) - 1}, found {sorted(names)}"
+            )
+        names = [names[i] for i in range(len(names))]
+    if not isinstance(names, list) or not names:
+        raise DatasetFormatError(
+            f"{source} needs names: a list of class names, or a mapping {{0: name, 1: name, ...}}"
+        )
+    if "nc" in config and config["nc"] != len(names):
+        raise DatasetFormatError(f"{source}: nc is {config['nc']} but names lists {len(names)} classes")
+    return [str(name) for name in names]
+
+
+def _load(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise DatasetNotFoundError(f"the dataset YAML {path} does not exist")
+    try:
+        config = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        raise DatasetFormatError(f"{path} is not valid YAML ({err})") from err
+    if not isinstance(config, dict):
+        raise DatasetFormatError(f"{path} must be a mapping with train, val and names")
+    return config
