@@ -6,20 +6,21 @@ import copy
 from pathlib import Path
 from typing import Any
 
-import torch
 from hydra.utils import get_class, instantiate
 
+from cnnlab.checkpoint_io import load_plain
+from cnnlab.errors import CheckpointError
 from cnnlab.tasks.base import BaseTask
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
     """A checkpoint's contents, loaded with ``weights_only=True`` (plain values and tensors only)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    if "run_config" not in ckpt.get("hyper_parameters", {}):
-        raise ValueError(f"{path} is not a cnnlab checkpoint: it has no hyper_parameters.run_config")
+    ckpt = load_plain(path)
+    if not isinstance(ckpt, dict) or "run_config" not in ckpt.get("hyper_parameters", {}):
+        raise CheckpointError(
+            f"{path} is not a checkpoint of a cnnlab run (it has no hyper_parameters.run_config): give "
+            "<run folder>/checkpoints/best.ckpt or last.ckpt"
+        )
     return ckpt
 
 

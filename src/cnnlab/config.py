@@ -2,26 +2,28 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import io
+import logging
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from functools import cache
-from pathlib import Path
 from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
 from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from cnnlab import CONF_DIR
 from cnnlab.data.samples import TARGET_KEYS
+from cnnlab.errors import CnnlabError, ConfigError
 
 
-class ConfigError(ValueError):
-    """A configuration a run cannot start with; the message says what to change."""
-
-
-def print_config(cfg: DictConfig, save_to: Path | None = None) -> None:
-    """Print the composed config as a tree (rich), and save that text beside the run when asked."""
-    import rich
+def config_tree(cfg: DictConfig) -> str:
+    """The composed config as a rich tree, rendered to plain text."""
+    import rich.console
     import rich.syntax
     import rich.tree
 
@@ -30,9 +32,34 @@ def print_config(cfg: DictConfig, save_to: Path | None = None) -> None:
         branch = tree.add(str(key), style="bold")
         text = OmegaConf.to_yaml(value, resolve=True) if isinstance(value, DictConfig) else str(value)
         branch.add(rich.syntax.Syntax(text, "yaml", theme="ansi_dark", background_color="default"))
-    rich.print(tree)
-    if save_to is not None:
-        save_to.write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    console = rich.console.Console(file=io.StringIO(), width=110, no_color=True)
+    console.print(tree)
+    return console.file.getvalue()
+
+
+def file_log() -> logging.Logger:
+    """A logger that writes to the run's log file (train.log) only, not to the console."""
+    logger = logging.getLogger("cnnlab.run_log")
+    logger.propagate = False
+    logger.setLevel(logging.DEBUG)
+    logger.handlers = [h for h in logging.getLogger().handlers if isinstance(h, logging.FileHandler)]
+    return logger
+
+
+def log_config(cfg: DictConfig) -> None:
+    """The config tree into train.log (on the console too with ``print_config=true``), a summary line."""
+    tree = config_tree(cfg)
+    file_log().info("composed config:\n%s", tree)
+    if cfg.get("print_config"):
+        print(tree)
+    chosen = choices()
+    picked = " ".join(f"{k}={chosen[k]}" for k in SUMMARY_GROUPS if k in chosen)
+    log = logging.getLogger("cnnlab")
+    log.info("%s -> %s (the config: .hydra/config.yaml)", picked or "run", cfg.paths.get("output_dir", "?"))
+
+
+#: the groups the console summary of a run names
+SUMMARY_GROUPS = ("task", "data", "model", "optimizer", "scheduler", "augmentation", "finetune", "experiment")
 
 
 def choices() -> dict[str, str]:
@@ -97,8 +124,98 @@ def check_pairing(cfg: DictConfig) -> None:
         )
 
 
+@dataclass(frozen=True)
+class Rule:
+    """What a config key must hold: a kind of number, a range, and how to say it to a user."""
+
+    key: str
+    kind: type
+    ok: Callable[[Any], bool]
+    expect: str
+    optional: bool = False
+
+    def problem(self, cfg: DictConfig) -> str | None:
+        """None when ``cfg`` holds a valid value at ``key`` (or no such key), else what is wrong."""
+        value = OmegaConf.select(cfg, self.key, default=_ABSENT, throw_on_missing=False)
+        if value is _ABSENT or (value is None and self.optional):
+            return None
+        numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
+        fits = numeric and (self.kind is float or isinstance(value, int))
+        if not fits or not self.ok(value):
+            return f"{self.key}={value}: give {self.expect}"
+        return None
+
+
+_ABSENT = object()
+PRECISIONS = ("64-true", "64", "32-true", "32", "16-mixed", "bf16-mixed", "16-true", "bf16-true", 64, 32, 16)
+ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu")
+
+#: the keys of the main groups and what they take; checked before any data is read
+RULES = (
+    Rule("seed", int, lambda v: v >= 0, "a whole number >= 0, e.g. seed=42"),
+    Rule("trainer.max_epochs", int, lambda v: v >= 1 or v == -1, "a whole number of epochs >= 1, e.g. 20"),
+    Rule("trainer.max_steps", int, lambda v: v >= 1 or v == -1, "a number of steps >= 1, or -1 for no limit"),
+    Rule("trainer.log_every_n_steps", int, lambda v: v >= 1, "a number of steps >= 1"),
+    Rule("trainer.gradient_clip_val", float, lambda v: v > 0, "a gradient norm > 0, or null", optional=True),
+    Rule("data.batch_size", int, lambda v: v >= 1, "a whole number of images per batch >= 1, e.g. 32"),
+    Rule("data.num_workers", int, lambda v: v >= 0, "a number of loader processes >= 0 (0: none)"),
+    Rule("data.image_size", int, lambda v: v >= 1, "a size in pixels >= 1, e.g. 224", optional=True),
+    Rule("data.resize_size", int, lambda v: v >= 1, "a size in pixels >= 1, or null", optional=True),
+    Rule("data.val_fraction", float, lambda v: 0 < v < 1, "a fraction strictly between 0 and 1, e.g. 0.1"),
+    Rule("optimizer.lr", float, lambda v: v > 0, "a learning rate > 0, e.g. 1e-3"),
+    Rule("optimizer.weight_decay", float, lambda v: v >= 0, "a weight decay >= 0", optional=True),
+)
+for _split in ("train", "val", "test"):
+    RULES += (
+        Rule(
+            f"trainer.limit_{_split}_batches",
+            float,
+            lambda v: v >= 0,
+            "a fraction or a number of batches >= 0, or null for all",
+            optional=True,
+        ),
+    )
+
+
+def check_values(cfg: DictConfig) -> None:
+    """Refuse values of the wrong kind or out of range, naming every key at fault and what it takes."""
+    problems = [problem for rule in RULES if (problem := rule.problem(cfg))]
+    trainer = cfg.get("trainer") or {}
+    if "precision" in trainer and trainer.precision not in PRECISIONS:
+        problems.append(
+            f"trainer.precision={trainer.precision}: give one of {', '.join(map(str, PRECISIONS[:8]))}"
+        )
+    if "accelerator" in trainer and trainer.accelerator not in ACCELERATORS:
+        problems.append(f"trainer.accelerator={trainer.accelerator}: give one of {', '.join(ACCELERATORS)}")
+    if problems:
+        raise ConfigError("; ".join(problems) + ".")
+
+
+@contextlib.contextmanager
+def explained(what: str) -> Iterator[None]:
+    """Errors a constructor raises about its arguments become ``ConfigError``s that name the config group.
+
+    Hydra wraps them (InstantiationException) and OmegaConf too (a resolver's error); cnnlab's own errors come
+    out as they were raised, anything else as a ``ConfigError`` prefixed with ``what`` (``model``, ``data``).
+    """
+    try:
+        yield
+    except (InstantiationException, OmegaConfBaseException) as err:
+        cause = err.__cause__ or err.__context__
+        if isinstance(cause, CnnlabError):
+            raise cause from None
+        if isinstance(cause, (ValueError, TypeError)):
+            raise ConfigError(f"{what}: {cause}") from cause
+        raise
+    except CnnlabError:
+        raise
+    except (ValueError, TypeError) as err:
+        raise ConfigError(f"{what}: {err}") from err
+
+
 def validate(cfg: DictConfig) -> None:
     """Everything about a run's config that can be checked before any data is read or model built."""
+    check_values(cfg)
     check_pairing(cfg)
     _metric_mode(cfg.task._target_, str(cfg.optimized_metric))
 
@@ -126,3 +243,13 @@ def _count_class_folders(root: str) -> int:
 
 # `${class_folders:${data.root}}`: a photo folder's number of classes, counted from root/train
 OmegaConf.register_new_resolver("class_folders", _count_class_folders, replace=True)
+
+
+def _folder_image_size(root: str) -> int:
+    from cnnlab.data.image_folder import folder_image_size
+
+    return folder_image_size(root)
+
+
+# `${folder_image_size:${data.root}}`: a photo folder's own image size (median shorter side, at most 224)
+OmegaConf.register_new_resolver("folder_image_size", _folder_image_size, replace=True)

@@ -7,6 +7,7 @@ The network, task and dataset come from the config saved in the checkpoint; ``da
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from cnnlab import CONF_DIR, checkpoints, config, runs
+from cnnlab.errors import ClassCountError, CnnlabError, ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -22,12 +24,16 @@ log = logging.getLogger(__name__)
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Test ``cfg.ckpt_path`` and return its metrics (also written to the eval folder's metrics.json)."""
     if cfg.split not in ("test", "val"):
-        raise config.ConfigError(f"split={cfg.split} is not an evaluation split; choose test or val")
+        raise ConfigError(f"split={cfg.split} is not an evaluation split; choose test or val")
+    config.check_values(cfg)
     ckpt_path = Path(cfg.ckpt_path)
     saved = OmegaConf.create(checkpoints.run_config(checkpoints.read_checkpoint(ckpt_path)))
     data_cfg = OmegaConf.merge(saved.data, cfg.get("data") or {})
+    config.check_values(OmegaConf.create({"data": data_cfg}))
     task = checkpoints.load_task(ckpt_path)
-    datamodule = instantiate(data_cfg, _partial_=True)(augmentation=None, spec=task.samples)
+    with config.explained("data"):
+        datamodule = instantiate(data_cfg, _partial_=True)(augmentation=None, spec=task.samples)
+        check_classes(datamodule, task.contract.get("class_names"), ckpt_path)
     callbacks = [
         instantiate(c)
         for c in (saved.get("callbacks") or {}).values()
@@ -36,7 +42,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     loggers = [instantiate(lg) for lg in (cfg.get("logger") or {}).values() if lg is not None]
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     run = trainer.test if cfg.split == "test" else trainer.validate
-    results = run(task, datamodule=datamodule)[0]
+    results = run(task, datamodule=datamodule, weights_only=True)[0]
     record = runs.write_metrics(
         Path(cfg.paths.output_dir) / "metrics.json", results, {"checkpoint": str(ckpt_path)}
     )
@@ -44,13 +50,39 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     return record
 
 
+def check_classes(datamodule: Any, trained: list[str] | None, ckpt_path: Path) -> None:
+    """Refuse data whose classes are not the ones the checkpoint's model was trained on, naming both."""
+    datamodule.prepare_data()
+    try:
+        datamodule.load_split("test")
+        found = list(datamodule.class_names)
+    except ClassCountError as err:
+        found = err.found
+    if trained and found != list(trained):
+        raise ConfigError(
+            f"the data's classes are {found}, but {ckpt_path} was trained on {list(trained)}: its scores "
+            "would be compared with the wrong labels. Evaluate it on data of the same classes (same names, "
+            "same order)."
+        )
+
+
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="eval")
 def _hydra_main(cfg: DictConfig) -> None:
-    evaluate(cfg)
+    try:
+        evaluate(cfg)
+    except CnnlabError as err:
+        config.file_log().error("evaluation stopped", exc_info=err)
+        sys.exit(f"cnnlab-eval: {err}")
+
+
+def data_overrides(argv: list[str]) -> list[str]:
+    """``data.KEY=VALUE`` adds to the checkpoint's data config; Hydra must be told so (``++``)."""
+    return [f"++{a}" if a.startswith("data.") else a for a in argv]
 
 
 def main() -> None:
     """Console entry point."""
+    sys.argv = [sys.argv[0], *data_overrides(sys.argv[1:])]
     _hydra_main()
 
 

@@ -11,6 +11,7 @@ import argparse
 import importlib
 import sys
 import warnings
+import zipfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from types import ModuleType
@@ -18,28 +19,53 @@ from types import ModuleType
 import torch
 
 from cnnlab.data.io import ImageReadError, read_image
+from cnnlab.errors import CheckpointError
 
 SERVING_PACKAGE = "cnnlab.serving."
 
 
 def load_model(path: str | Path) -> torch.jit.ScriptModule:
-    """An exported model, ready for inference on the CPU."""
+    """An exported model, ready for inference on the CPU, or a ``CheckpointError`` saying what the file is."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(
-            f"exported model {path} does not exist (train.py writes <run>/export/model.pt)"
+        raise CheckpointError(f"exported model {path} does not exist (train.py writes <run>/export/model.pt)")
+    try:
+        with warnings.catch_warnings():
+            # TorchScript is deprecated in favour of torch.export, yet still the format exported models are in
+            warnings.simplefilter("ignore", FutureWarning)
+            model = torch.jit.load(str(path), map_location="cpu").eval()
+    except (RuntimeError, ValueError, OSError) as err:
+        raise CheckpointError(describe_unloadable(path, err)) from None
+    serving_of(model)  # refuses a TorchScript model cnnlab did not export
+    return model
+
+
+def describe_unloadable(path: Path, err: BaseException) -> str:
+    """Why ``path`` is not an exported model, told from what the file holds."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except (zipfile.BadZipFile, OSError):
+        names = []
+    if any(name.endswith("/data.pkl") for name in names) and not any("/code/" in name for name in names):
+        return (
+            f"{path} is a training checkpoint, not an exported model: export it first with "
+            f"`python -m cnnlab.export {path}` and give predict the model.pt it writes"
         )
-    with warnings.catch_warnings():
-        # TorchScript is deprecated in favour of torch.export, yet still the format exported models are in
-        warnings.simplefilter("ignore", FutureWarning)
-        return torch.jit.load(str(path), map_location="cpu").eval()
+    return (
+        f"{path} is not an exported model: it is truncated (an interrupted copy?) or another kind of file; "
+        "predict takes the model.pt that cnnlab.export (or train.py) writes into <run>/export/"
+    )
 
 
 def serving_of(model: torch.jit.ScriptModule) -> ModuleType:
     """The serving module that knows how to show this model's predictions."""
     name = str(getattr(model, "serving", ""))
     if not name.startswith(SERVING_PACKAGE):
-        raise ValueError(f"the model names no cnnlab serving module ({name!r}); export it with cnnlab.export")
+        raise CheckpointError(
+            "this TorchScript model was not exported by cnnlab (it names no cnnlab serving module); predict "
+            "takes the model.pt that cnnlab.export (or train.py) writes into <run>/export/"
+        )
     return importlib.import_module(name)
 
 
@@ -63,9 +89,9 @@ def main(argv: list[str] | None = None) -> None:
     known, _ = parser.parse_known_args(argv)
     try:
         model = load_model(known.model)
-        serving = serving_of(model)
-    except (FileNotFoundError, RuntimeError, ValueError) as err:
+    except CheckpointError as err:
         parser.exit(2, f"cnnlab-predict: {err}\n")
+    serving = serving_of(model)
     serving.add_arguments(parser)
     args = parser.parse_args(argv)
     failures: list[Path] = []

@@ -13,6 +13,7 @@ import json
 import os
 import statistics
 import sys
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -21,29 +22,51 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+from cnnlab import runs
+from cnnlab.errors import CnnlabError, RunInterrupted
+
 #: at most this many test metrics in the tables, after the optimised one (per-class figures stay in the jobs)
 MAX_TEST_COLUMNS = 6
 
 
 class SweepReport(Callback):
-    """Hydra callback: ``status.json`` per job, results tables per sweep."""
+    """Hydra callback: ``status.json`` per job (with start and end times), results tables per sweep."""
+
+    def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
+        if os.environ.get("LOCAL_RANK", "0") != "0":
+            return
+        folder = Path(config.hydra.runtime.output_dir)
+        runs.write_status(folder, "running", started=_now(), overrides=list(config.hydra.overrides.task))
 
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
         if os.environ.get("LOCAL_RANK", "0") != "0":  # DDP's other processes share rank 0's folder
             return
-        status: dict[str, Any] = {"status": job_return.status.name.lower()}
+        fields: dict[str, Any] = {"ended": _now(), "overrides": list(job_return.overrides or [])}
+        state = job_return.status.name.lower()
         if job_return.status == JobStatus.FAILED:
             error = job_return._return_value
-            status["error"] = " ".join(f"{type(error).__name__}: {error}".split())  # one line, for the tables
+            message = (
+                " ".join(str(error).split())
+                if isinstance(error, CnnlabError)
+                else (
+                    " ".join(f"{type(error).__name__}: {error}".split())  # one line, for the tables
+                )
+            )
+            state = "interrupted" if isinstance(error, RunInterrupted) else "failed"
+            fields["error" if state == "failed" else "reason"] = message
+            if config.hydra.mode == RunMode.MULTIRUN:
+                # one line as it fails; Hydra's own account comes when the whole sweep has run
+                print(f"[cnnlab] job {config.hydra.job.num} {state}: {message}", file=sys.stderr, flush=True)
         elif isinstance(job_return._return_value, (int, float)):
-            status[str(config.get("optimized_metric"))] = float(job_return._return_value)
-        status["overrides"] = list(job_return.overrides or [])
-        folder = Path(config.hydra.runtime.output_dir)
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / "status.json").write_text(json.dumps(status, indent=2) + "\n")
+            fields[str(config.get("optimized_metric"))] = float(job_return._return_value)
+        runs.write_status(Path(config.hydra.runtime.output_dir), state, **fields)
         if config.hydra.mode == RunMode.MULTIRUN:
             # after every job, not at the sweep's end: Hydra skips on_multirun_end when a job failed
             write_report(Path(config.hydra.sweep.dir))
+
+
+def _now() -> str:
+    return datetime.now().isoformat(timespec="milliseconds")
 
 
 def read_jobs(sweep_dir: Path) -> list[dict[str, Any]]:
@@ -101,10 +124,10 @@ def summarize(jobs: list[dict[str, Any]], cols: list[str] | None = None) -> list
         if job["status"]["status"] == "completed":
             groups.setdefault(_config_key(job["overrides"], common), []).append(job["metrics"])
     rows = []
-    for key, runs in groups.items():
-        row: dict[str, Any] = {"config": key, "runs": len(runs)}
+    for key, members in groups.items():
+        row: dict[str, Any] = {"config": key, "runs": len(members)}
         for column in cols:
-            values = [r[column] for r in runs if isinstance(r.get(column), (int, float))]
+            values = [r[column] for r in members if isinstance(r.get(column), (int, float))]
             if values:
                 row[column] = (statistics.mean(values), statistics.pstdev(values))
         rows.append(row)

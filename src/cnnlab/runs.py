@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import shlex
+import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -84,6 +86,42 @@ def _quoted(path: Path) -> str:
     # Hydra's override grammar reads commas, spaces and brackets as syntax: quote any path that has them
     text = str(path)
     return repr(text) if any(c in text for c in ",[]{}()= '\"") else text
+
+
+def write_status(folder: Path, status: str, **fields: Any) -> dict[str, Any]:
+    """Update the run's ``status.json``: its state (running, completed, failed, interrupted) and details."""
+    path = folder / "status.json"
+    try:
+        record = json.loads(path.read_text()) if path.is_file() else {}
+    except (OSError, ValueError):
+        record = {}
+    record.update(status=status, **fields)
+    if status != "failed":
+        record.pop("error", None)
+    folder.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record, indent=2) + "\n")
+    return record
+
+
+def resume_command(run: Path) -> str:
+    """The command that continues ``run`` from its last checkpoint."""
+    return f"python train.py resume={shlex.quote(str(run))}"
+
+
+def drop_empty_tensorboard(run: Path) -> None:
+    """Remove the run's TensorBoard folder when nothing was logged in it: dashboards list real runs only."""
+    folder = run / "tensorboard"
+    events = list(folder.rglob("events.out.tfevents.*")) if folder.is_dir() else []
+    # an event file holds a ~90-byte header before its first summary
+    if folder.is_dir() and all(e.stat().st_size < 200 for e in events):
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def write_bad_files(output_dir: Path, bad: Sequence[tuple[str, str]]) -> None:
+    """List the files the data left out, one per line with its reason, in ``bad_files.txt``."""
+    if bad:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        (output_dir / "bad_files.txt").write_text("".join(f"{path}\t{reason}\n" for path, reason in bad))
 
 
 def save_config(cfg: Any, output_dir: Path) -> None:

@@ -6,9 +6,12 @@ best checkpoint -> metrics.json -> export -> the metric that sweeps optimise.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 import warnings
+from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -17,10 +20,13 @@ import lightning.pytorch as L
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import get_class, instantiate
+from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from cnnlab import CONF_DIR, config, runs
+from cnnlab.checkpoint_io import AtomicCheckpointIO
+from cnnlab.errors import CnnlabError, RunInterrupted
 from cnnlab.tasks.base import BaseTask
 
 log = logging.getLogger(__name__)
@@ -33,28 +39,35 @@ def build(cfg: DictConfig) -> tuple[L.LightningDataModule, BaseTask]:
     (``normalization=auto``) or the training split's, computed once; either is written into ``cfg.data``, so
     the saved config, the checkpoint and the HPARAMS row all show what the run used.
     """
-    config.validate(cfg)
+    with config.explained("config"):
+        config.validate(cfg)
     task_cls = get_class(cfg.task._target_)
-    net = instantiate(cfg.model)
+    with config.explained("model"):
+        net = instantiate(cfg.model)
     adopt_weights_normalization(cfg, net)
-    # partial, then a call with the objects: Hydra would turn them into configs
-    datamodule = instantiate(cfg.data, _partial_=True)(
-        augmentation=instantiate(cfg.augmentation), spec=task_cls.samples
-    )
-    if task_cls.samples.normalize and cfg.data.get("mean") is None:
+    with config.explained("data"):
+        # partial, then a call with the objects: Hydra would turn them into configs
+        datamodule = instantiate(cfg.data, _partial_=True)(
+            augmentation=instantiate(cfg.augmentation), spec=task_cls.samples
+        )
+        # the data is read (and every file checked) now, before a network trains: a bad file or a missing
+        # dataset stops the run at once, and computed statistics reach the config
         datamodule.prepare_data()
-        mean, std = datamodule.statistics()
-        with open_dict(cfg):
-            cfg.data.mean, cfg.data.std = list(mean), list(std)
+        datamodule.setup("fit")
+        if task_cls.samples.normalize and cfg.data.get("mean") is None:
+            mean, std = datamodule.statistics()
+            with open_dict(cfg):
+                cfg.data.mean, cfg.data.std = list(mean), list(std)
     # plain values for the task: Hydra would wrap dict arguments in DictConfig, which checkpoints then
     # pickle and torch's weights_only loading refuses
-    task = instantiate(cfg.task, _partial_=True)(
-        net=net,
-        optimizer=OmegaConf.to_container(cfg.optimizer, resolve=True),
-        scheduler=OmegaConf.to_container(cfg.scheduler, resolve=True),
-        finetune_cfg=OmegaConf.to_container(cfg.finetune, resolve=True),
-        run_config=OmegaConf.to_container(cfg, resolve=True),
-    )
+    with config.explained("task"):
+        task = instantiate(cfg.task, _partial_=True)(
+            net=net,
+            optimizer=OmegaConf.to_container(cfg.optimizer, resolve=True),
+            scheduler=OmegaConf.to_container(cfg.scheduler, resolve=True),
+            finetune_cfg=OmegaConf.to_container(cfg.finetune, resolve=True),
+            run_config=OmegaConf.to_container(cfg, resolve=True),
+        )
     return datamodule, task
 
 
@@ -73,10 +86,12 @@ def adopt_weights_normalization(cfg: DictConfig, net: Any) -> None:
 
 
 class _NoAdverts(logging.Filter):
-    """Drops Lightning's "Tip: try installing <hosted service>" lines, printed at every Trainer's start."""
+    """Drops Lightning's "Tip: try installing <hosted service>" lines, printed at every Trainer's start, and
+    its note that a task's figure callbacks "override existing callbacks passed to Trainer" (none were)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith("💡 Tip:")
+        text = str(record.msg)
+        return not text.startswith("💡 Tip:") and "LightningModule.configure_callbacks" not in text
 
 
 logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_NoAdverts())
@@ -85,10 +100,17 @@ warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` i
 
 
 def make_trainer(cfg: DictConfig) -> L.Trainer:
-    """The Trainer with the run's callbacks and loggers."""
+    """The Trainer with the run's callbacks and loggers; checkpoints are written whole or not at all."""
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
+    options: dict[str, Any] = {}
+    if not sys.stdout.isatty():
+        # logs piped to a file or a cluster job's output: the epoch lines of EpochLog, not a redrawn bar
+        callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
+        options["enable_progress_bar"] = False
     loggers = [instantiate(lg) for lg in (cfg.get("logger") or {}).values() if lg is not None]
-    return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    return instantiate(
+        cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()], **options
+    )
 
 
 def refuse_ddp_in_multirun(cfg: DictConfig) -> None:
@@ -127,6 +149,8 @@ def hparams_for_dashboard(cfg: DictConfig, task: BaseTask) -> dict[str, Any]:
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Run the whole pipeline for ``cfg`` and return the final metrics (also written to metrics.json)."""
     refuse_ddp_in_multirun(cfg)
+    with config.explained("config"):
+        config.validate(cfg)  # before anything runs: seeding, reading data, building the network
     L.seed_everything(cfg.seed, workers=True)
     output_dir = Path(cfg.paths.output_dir)
     datamodule, task = build(cfg)
@@ -142,12 +166,18 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         task.hparams.run_config["optimizer"]["lr"] = lr
     if trainer.is_global_zero:
         runs.save_config(cfg, output_dir)
+        runs.write_bad_files(output_dir, getattr(datamodule, "bad_files", []))
 
-    trainer.fit(task, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    with interruptible(trainer, output_dir):
+        # weights_only: a checkpoint holds plain values and tensors, never code to run
+        trainer.fit(task, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
     metrics: dict[str, Any] = dict(trainer.callback_metrics)
     best = best_checkpoint(trainer)
     if cfg.get("test", True):
-        trainer.test(task, datamodule=datamodule, ckpt_path=str(best) if best else None)
+        with interruptible(trainer, output_dir):
+            trainer.test(
+                task, datamodule=datamodule, ckpt_path=str(best) if best else None, weights_only=True
+            )
         metrics.update(trainer.callback_metrics)
     if not trainer.is_global_zero:
         return {}
@@ -180,6 +210,17 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     return record
 
 
+@contextlib.contextmanager
+def interruptible(trainer: L.Trainer, output_dir: Path) -> Iterator[None]:
+    """Turn Lightning's exit after Ctrl-C into a ``RunInterrupted`` that says how to resume."""
+    try:
+        yield
+    except SystemExit:
+        if trainer.interrupted:
+            raise RunInterrupted(interrupted_message(output_dir, trainer)) from None
+        raise
+
+
 def best_checkpoint(trainer: L.Trainer) -> Path | None:
     """The best checkpoint the run saved, or None (fast_dev_run, or no checkpoint callback)."""
     callback = trainer.checkpoint_callback
@@ -210,12 +251,48 @@ def optimized_value(record: dict[str, Any], metric: str) -> float | None:
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
 def _hydra_main(cfg: DictConfig) -> float | None:
-    config.print_config(cfg)
-    record = train(cfg)
+    config.log_config(cfg)
+    try:
+        record = train(cfg)
+    except KeyboardInterrupt:  # before fit, or between fit and test
+        stop(cfg, RunInterrupted(interrupted_message(Path(cfg.paths.output_dir), None)))
+    except CnnlabError as err:
+        stop(cfg, err)
     return optimized_value(record, str(cfg.optimized_metric)) if record else None
+
+
+def stop(cfg: DictConfig, err: CnnlabError) -> None:
+    """End a run that cannot go on: its message alone on the console, the traceback in train.log, status.json.
+
+    In a sweep the error goes back to Hydra, which marks the job failed and runs the next one.
+    """
+    output_dir = Path(cfg.paths.output_dir)
+    config.file_log().error("the run stopped", exc_info=err)
+    runs.drop_empty_tensorboard(output_dir)
+    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+        raise err
+    interrupted = isinstance(err, RunInterrupted)
+    message = " ".join(str(err).split())
+    state, key = ("interrupted", "reason") if interrupted else ("failed", "error")
+    runs.write_status(
+        output_dir, state, ended=datetime.now().isoformat(timespec="milliseconds"), **{key: message}
+    )
+    print(f"\ncnnlab: {err}\n(the run's log: {output_dir / 'train.log'})", file=sys.stderr)
+    sys.exit(130 if interrupted else 1)
+
+
+def interrupted_message(output_dir: Path, trainer: L.Trainer | None) -> str:
+    """What an interrupted run says: where it stopped and how to continue it."""
+    where = f" at epoch {trainer.current_epoch}, step {trainer.global_step}" if trainer is not None else ""
+    if (output_dir / runs.LAST_CKPT).is_file():
+        return f"interrupted{where}. Continue it with: {runs.resume_command(output_dir)}"
+    return f"interrupted{where}, before its first checkpoint: nothing to resume, run it again"
 
 
 def main() -> None:
     """Console entry point; ``resume=<run folder|latest>`` reopens a run before Hydra starts."""
-    sys.argv = [sys.argv[0], *runs.resume_overrides(sys.argv[1:])]
+    try:
+        sys.argv = [sys.argv[0], *runs.resume_overrides(sys.argv[1:])]
+    except (FileNotFoundError, CnnlabError) as err:
+        sys.exit(f"cnnlab: {err}")
     _hydra_main()

@@ -14,6 +14,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 from lightning.pytorch.tuner import Tuner  # noqa: E402
 
+from cnnlab.errors import CnnlabError  # noqa: E402
 from cnnlab.figures import tensorboard  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -22,7 +23,7 @@ log = logging.getLogger(__name__)
 SKIP_BEGIN = 10
 
 
-class LearningRateFinderError(RuntimeError):
+class LearningRateFinderError(CnnlabError, RuntimeError):
     """The range test produced no learning rate to suggest."""
 
 

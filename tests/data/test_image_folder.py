@@ -14,6 +14,7 @@ from fakedata import write_image_folder, write_landmarks
 from PIL import Image
 
 import cnnlab.data.base
+import cnnlab.data.scan
 from cnnlab.data.errors import DatasetFormatError, DatasetNotFoundError
 from cnnlab.data.image_folder import ImageFolderDataModule, LandmarksDataModule, landmark_name
 
@@ -105,10 +106,12 @@ def test_hidden_folders_and_files_are_ignored(photos: Path) -> None:
     assert dm.class_names == CLASSES and len(dm.train_set) + len(dm.val_set) == 30
 
 
-@pytest.mark.parametrize("missing", ["train", "test"])
-def test_missing_split_folder(photos: Path, missing: str) -> None:
+@pytest.mark.parametrize(
+    ("missing", "says"), [("train", "has no train/ folder"), ("test", "but no test/ or val/ folder")]
+)
+def test_missing_split_folder(photos: Path, missing: str, says: str) -> None:
     shutil.rmtree(photos / missing)
-    with pytest.raises(DatasetNotFoundError, match=f"has no {missing}/ folder"):
+    with pytest.raises(DatasetNotFoundError, match=says):
         ready(folder_dm(photos))
 
 
@@ -129,7 +132,7 @@ def test_empty_class_folder_is_named(photos: Path) -> None:
     (photos / "train" / "emu").mkdir()
     (photos / "test" / "emu").mkdir()
     (photos / "test" / "emu" / "notes.txt").write_text("not an image")
-    with pytest.raises(DatasetFormatError, match="hold no images: emu"):
+    with pytest.raises(DatasetFormatError, match="hold no readable images: emu"):
         ready(folder_dm(photos, num_classes=4))
 
 
@@ -200,7 +203,8 @@ def test_landmarks_offline_download_names_url_and_folder(tmp_path: Path, network
         dm.prepare_data()
     message = str(raised.value)
     assert network_lookups and "downloading them failed" in message
-    assert LandmarksDataModule.url in message and f"unzip it into {tmp_path}" in message
+    assert LandmarksDataModule.url in message and f"put the zip in {tmp_path}" in message
+    assert "data.download=true" not in message  # it is true already: the advice is to run where online
     assert not (tmp_path / "landmark_images.zip").exists()
 
 
@@ -226,3 +230,138 @@ def test_landmarks_truncated_zip(tmp_path: Path) -> None:
     (tmp_path / "landmark_images.zip").write_bytes(b"PK\x03\x04 truncated")
     with pytest.raises(DatasetFormatError, match="not a complete zip file"):
         landmarks_dm(tmp_path).prepare_data()
+
+
+# --- layouts people have, bad files, bit depths, cached statistics, measured sizes ------------------------
+
+
+def test_train_and_val_serve_validation_and_test(photos: Path, caplog: pytest.LogCaptureFixture) -> None:
+    (photos / "test").rename(photos / "val")  # the layout of PyTorch's transfer-learning tutorial data
+    with caplog.at_level(logging.INFO, logger="cnnlab.data.image_folder"):
+        dm = ready(folder_dm(photos, mean=[0.5] * 3, std=[0.25] * 3))
+    assert len(dm.train_set) == 30 and len(dm.val_set) == 9 and len(dm.test_set) == 9  # nothing carved
+    assert "val/ is the validation split and the test split" in caplog.text
+
+
+def test_train_val_and_test_each_serve_their_split(photos: Path) -> None:
+    shutil.copytree(photos / "test", photos / "val")
+    (photos / "val" / "cat" / "test_000.jpg").unlink()
+    dm = ready(folder_dm(photos, mean=[0.5] * 3, std=[0.25] * 3))
+    assert (len(dm.train_set), len(dm.val_set), len(dm.test_set)) == (30, 8, 9)
+
+
+def plant_bad_files(photos: Path) -> dict[str, str]:
+    """One file of each bad kind among good photos, with the words its reason must hold."""
+    good = (photos / "train" / "cat" / "train_000.jpg").read_bytes()
+    bad = {
+        "train/cat/truncated.jpg": "truncated",
+        "train/cat/empty.jpg": "empty file",
+        "train/dog/notes.jpg": "not an image",
+        "train/dog/readme.txt": "not an image file",
+        "train/fish/anim.gif": "GIF",
+        "train/stray.jpg": "not in a class folder",
+        "test/fish/half.jpg": "truncated",
+    }
+    (photos / "train/cat/truncated.jpg").write_bytes(good[: len(good) // 2])
+    (photos / "train/cat/empty.jpg").write_bytes(b"")
+    (photos / "train/dog/notes.jpg").write_text("a text file named like a photo")
+    (photos / "train/dog/readme.txt").write_text("about the photos")
+    Image.new("RGB", (8, 8)).save(photos / "train/fish/anim.gif")
+    (photos / "train/stray.jpg").write_bytes(good)
+    (photos / "test/fish/half.jpg").write_bytes(good[: len(good) // 3])
+    return bad
+
+
+def test_bad_files_are_skipped_and_each_named_with_its_reason(photos: Path, make_cfg, tmp_path: Path) -> None:
+    bad = plant_bad_files(photos)
+    from omegaconf import open_dict
+
+    from cnnlab.train import train
+
+    cfg = make_cfg(
+        "data=image_folder",
+        f"data.root={photos}",
+        "data.image_size=32",
+        "data.num_workers=0",
+        "data.batch_size=8",
+        "trainer.max_epochs=2",
+        "export=null",
+        "task.figures=false",
+    )
+    with open_dict(cfg):
+        cfg.callbacks = {}
+    record = train(cfg)
+    assert record["epochs"] == 2 and 0 <= record["test/acc"] <= 1  # trained to the end on the good files
+    listed = dict(line.split("\t") for line in (tmp_path / "run" / "bad_files.txt").read_text().splitlines())
+    assert {str(Path(p).relative_to(photos)) for p in listed} == set(bad)
+    for path, reason in listed.items():
+        assert bad[str(Path(path).relative_to(photos))] in reason, (path, reason)
+
+
+def test_bad_files_error_stops_at_setup_naming_the_first(photos: Path) -> None:
+    plant_bad_files(photos)
+    with pytest.raises(
+        DatasetFormatError, match=r"(?s)stray.jpg: not in a class folder.*\(7 bad files in all\).*bad_files=s"
+    ):
+        ready(folder_dm(photos, bad_files="error"))
+
+
+def test_the_file_check_is_cached_and_redone_for_changed_files(
+    photos: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ready(folder_dm(photos, mean=[0.5] * 3, std=[0.25] * 3))
+    assert (photos / ".cnnlab_scan.json").is_file()
+    checked: list[Path] = []
+    real = cnnlab.data.scan.check_image
+    monkeypatch.setattr(cnnlab.data.scan, "check_image", lambda p: checked.append(p) or real(p))
+    ready(folder_dm(photos, mean=[0.5] * 3, std=[0.25] * 3))
+    assert checked == []  # nothing changed: every result from the cache
+    changed = photos / "train" / "dog" / "train_001.jpg"
+    changed.write_bytes(changed.read_bytes()[:100])
+    dm = ready(folder_dm(photos, mean=[0.5] * 3, std=[0.25] * 3))
+    assert checked == [changed] and dm.bad_files == [
+        (str(changed), "a truncated image (an interrupted copy or download?)")
+    ]
+
+
+def test_sixteen_bit_photos_are_scaled_not_clipped(tmp_path: Path) -> None:
+    import numpy as np
+
+    for split in ("train", "test"):
+        for name, level in (("dark", 4000), ("light", 60000)):
+            folder = tmp_path / split / name
+            folder.mkdir(parents=True)
+            for i in range(4):
+                Image.fromarray(np.full((16, 16), level + i, dtype=np.uint16)).save(folder / f"{i}.png")
+    dm = ready(
+        ImageFolderDataModule(root=tmp_path, num_classes=2, in_channels=1, image_size=16, val_fraction=0.25)
+    )
+    images, labels = next(iter(dm.test_dataloader()))
+    raw = torch.stack([dm.test_set[i][0] for i in range(len(dm.test_set))])
+    assert torch.equal(images, raw)
+    # normalised values of 4000/65535 and 60000/65535: two levels apart, neither clipped to white
+    pixel = images.flatten(1).mean(1) * dm.std[0] + dm.mean[0]
+    dark, light = pixel[labels == 0], pixel[labels == 1]
+    assert dark.max() < 0.07 and 0.9 < light.min() < 0.93
+
+
+def test_statistics_cache_is_keyed_by_the_files(photos: Path, caplog: pytest.LogCaptureFixture) -> None:
+    first = ready(folder_dm(photos))
+    with caplog.at_level(logging.INFO, logger="cnnlab.data.base"):
+        again = ready(folder_dm(photos))
+    assert again.mean == first.mean and "read from" in caplog.text
+    # the same names, counts and sizes, other pixels: the cached statistics must not come back
+    for path in (photos / "train").rglob("*.jpg"):
+        with Image.open(path) as image:
+            Image.new("RGB", image.size, (250, 250, 250)).save(path)
+    replaced = ready(folder_dm(photos))
+    assert replaced.mean != first.mean
+
+
+def test_image_size_is_the_images_own_when_not_given(tmp_path: Path) -> None:
+    from cnnlab.data.image_folder import folder_image_size
+
+    small = write_image_folder(tmp_path / "small", CLASSES, n_per_class=3, sizes=((32, 32), (32, 40)))
+    assert folder_image_size(small) == 32
+    big = write_image_folder(tmp_path / "big", CLASSES, n_per_class=3, sizes=((640, 480),))
+    assert folder_image_size(big) == 224  # capped at a model's usual input

@@ -159,6 +159,14 @@ def test_mismatched_idx_file_is_a_format_error(tmp_path: Path) -> None:
         ready(mnist(tmp_path))
 
 
+def test_image_and_label_counts_that_differ_name_the_split(tmp_path: Path) -> None:
+    write_mnist(tmp_path, n_train=20, n_test=10)
+    labels = write_mnist(tmp_path / "other", n_train=20, n_test=12) / "t10k-labels-idx1-ubyte"
+    shutil.copy(labels, tmp_path / "MNIST" / "raw" / "t10k-labels-idx1-ubyte")
+    with pytest.raises(DatasetFormatError, match=r"test files in .* hold 10 images but 12 labels"):
+        ready(mnist(tmp_path))
+
+
 def nearest_centroid_accuracy(dm: MNISTDataModule | CIFAR10DataModule) -> float:
     """How well per-class mean images classify the test split: the fake data must be learnable."""
     train = [(x, y) for x, y in dm.train_dataloader()]

@@ -13,6 +13,7 @@ import pytest
 import torch
 from torchvision import models as tvm
 
+from cnnlab.errors import CheckpointError
 from cnnlab.models import weights
 from cnnlab.models.torchvision_nets import GoogLeNet, MobileNetV3, ResNet
 from cnnlab.models.weights import WeightsNotFoundError, hub_file, torchvision_weights
@@ -208,7 +209,7 @@ def test_weights_enum_spelling_resolves() -> None:
 
 
 def test_missing_checkpoint_says_what_weights_takes(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match=r"nope\.ckpt.*no such checkpoint.*null"):
+    with pytest.raises(CheckpointError, match=r"nope\.ckpt.*no such checkpoint.*null"):
         ResNet(num_classes=2, weights=str(tmp_path / "nope.ckpt"))
 
 

@@ -18,6 +18,7 @@ from cnnlab import CONF_DIR
 from cnnlab.checkpoints import load_task
 from cnnlab.config import ConfigError, check_pairing
 from cnnlab.data.digits import DigitsDataModule
+from cnnlab.errors import CheckpointError
 from cnnlab.evaluate import evaluate
 from cnnlab.train import _NoAdverts, train
 
@@ -120,7 +121,7 @@ def test_lightning_adverts_are_dropped_and_its_other_lines_kept() -> None:
 
 def test_eval_refuses_a_missing_checkpoint(make_cfg, tmp_path: Path) -> None:
     cfg = make_cfg(f"ckpt_path={tmp_path / 'nope.ckpt'}", config_name="eval")
-    with pytest.raises(FileNotFoundError, match="nope.ckpt"):
+    with pytest.raises(CheckpointError, match="nope.ckpt does not exist"):
         evaluate(cfg)
 
 

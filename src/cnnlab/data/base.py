@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
 from cnnlab.data import transforms as T
 from cnnlab.data.samples import SampleDataset, SampleSpec, label_collate
+from cnnlab.errors import ClassCountError
 
 log = logging.getLogger(__name__)
 
@@ -146,6 +147,14 @@ class ImageDataModule(L.LightningDataModule):
         """Where computed normalisation statistics are cached, or None to compute them every run."""
         return None
 
+    def stats_fingerprint(self, train: Dataset) -> str:
+        """What identifies the training images in the statistics cache (a subclass names its files)."""
+        return str(len(train))  # type: ignore[arg-type]
+
+    def own_validation(self) -> Dataset | None:
+        """A validation split the dataset ships with (used instead of one carved from the training pool)."""
+        return None
+
     # --- Lightning hooks ---------------------------------------------------------------------------------
 
     def prepare_data(self) -> None:
@@ -227,9 +236,10 @@ class ImageDataModule(L.LightningDataModule):
 
     def _set_class_names(self, names: Sequence[str]) -> None:
         if len(names) != self.num_classes:
-            raise ValueError(
+            raise ClassCountError(
                 f"the dataset has {len(names)} classes but data.num_classes={self.num_classes}; "
-                f"set data.num_classes={len(names)}"
+                f"set data.num_classes={len(names)}",
+                list(names),
             )
         self.class_names = list(names)
 
@@ -252,11 +262,13 @@ class ImageDataModule(L.LightningDataModule):
     def _raw_splits(self) -> tuple[Dataset, Dataset, Dataset]:
         """The raw train, validation and test items (cached): normal images only in train and val."""
         if not self._raw:
-            pool, test = self.load_split("train"), self.load_split("test")
+            pool, test, val = self.load_split("train"), self.load_split("test"), self.own_validation()
             if self.normal_classes is not None:
                 normal = set(self.normal_classes)
                 pool = Subset(pool, [i for i, y in enumerate(labels_of(pool)) if y in normal])
-            train, val = self._split(pool)
+                if val is not None:
+                    val = Subset(val, [i for i, y in enumerate(labels_of(val)) if y in normal])
+            train, val = (pool, val) if val is not None else self._split(pool)
             self._raw = {"train": train, "val": val, "test": test}
         return self._raw["train"], self._raw["val"], self._raw["test"]
 
@@ -286,11 +298,14 @@ class ImageDataModule(L.LightningDataModule):
 
     def _statistics(self, train: Dataset) -> tuple[list[float], list[float]]:
         cache = self.stats_cache()
-        n = len(train)  # type: ignore[arg-type]
-        key = f"{self.in_channels}ch/{self.image_size}/{self.resize_size}/{n}/{self.seed}/{self.val_fraction}"
+        geometry = f"{self.spec.eval_geometry}/{self.image_size}/{self.resize_size}"
+        files = self.stats_fingerprint(train)
+        key = f"{self.in_channels}ch/{geometry}/{self.seed}/{self.val_fraction}/{files}"
         entries = _read_json(cache) if cache is not None else {}
         if key in entries:
-            return entries[key]["mean"], entries[key]["std"]
+            mean, std = entries[key]["mean"], entries[key]["std"]
+            log.info("data: mean %s, std %s read from %s (same training files)", _fmt(mean), _fmt(std), cache)
+            return mean, std
         mean, std = channel_statistics(
             train, self.image_size, self.resize_size, self.num_workers, self.spec.eval_geometry
         )

@@ -5,12 +5,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+from cnnlab.errors import CnnlabError, DataError
 
-class DatasetNotFoundError(FileNotFoundError):
+
+class DatasetNotFoundError(CnnlabError, FileNotFoundError):
     """A dataset's files are not on disk (and could not be downloaded); the message says where to put them."""
 
 
-class DatasetFormatError(ValueError):
+class DatasetFormatError(DataError):
     """A dataset's files are on disk but not laid out or encoded the way the datamodule reads them."""
 
 

@@ -15,11 +15,13 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from cnnlab.errors import DataError
+
 #: PIL modes of one channel with more than 8 bits: 16-bit PNG/TIFF ("I;16*") and 32-bit integer ("I")
 WIDE_GREY_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 
 
-class ImageReadError(ValueError):
+class ImageReadError(DataError):
     """A file that cannot be read as an image; the message names the file and the reason."""
 
 
@@ -44,7 +46,8 @@ def read_image(path: str | Path, channels: int) -> torch.Tensor:
     except UnidentifiedImageError as err:
         raise ImageReadError(f"{path}: not an image (no reader recognises its contents)") from err
     except (OSError, SyntaxError, ValueError) as err:  # Pillow's truncated and malformed files
-        reason = "truncated (an interrupted copy or download?)" if "truncated" in str(err) else str(err)
+        truncated = "truncated" in str(err).lower()
+        reason = "truncated (an interrupted copy or download?)" if truncated else str(err)
         raise ImageReadError(f"{path}: unreadable image: {reason}") from err
     tensor = torch.from_numpy(array)
     return tensor[None] if tensor.dim() == 2 else tensor.permute(2, 0, 1).contiguous()

@@ -28,7 +28,6 @@ log = logging.getLogger(__name__)
 
 # URLError and socket errors are OSErrors; torchvision reports failed mirrors and checksums as RuntimeError
 DOWNLOAD_ERRORS = (OSError, RuntimeError)
-ONLINE_HINT = "Or run once with data.download=true where the internet is reachable."
 # what torchvision's parsers raise on truncated, corrupt or foreign files
 PARSE_ERRORS = (
     RuntimeError,
@@ -114,7 +113,14 @@ class TorchvisionDataModule(ImageDataModule):
         return all((self.folder / name).is_file() for name in self.expected_files())
 
     def _not_found(self, reason: str) -> DatasetNotFoundError:
-        return dataset_not_found(self.name, self.folder, self.expected_files(), reason, self.instructions())
+        online = (
+            "Or run again where the internet is reachable: cnnlab downloads it then."
+            if self.allow_download
+            else "Or set data.download=true and run where the internet is reachable."
+        )
+        return dataset_not_found(
+            self.name, self.folder, self.expected_files(), reason, f"{self.instructions()} {online}"
+        )
 
     def _read(self, train: bool) -> tuple[TensorImages, list[str]]:
         try:
@@ -125,6 +131,12 @@ class TorchvisionDataModule(ImageDataModule):
                 f"are truncated, corrupt or not the official release: delete them and download them again."
             ) from err
         images, labels = self.to_tensors(parsed)
+        if len(images) != len(labels):
+            split = "training" if train else "test"
+            raise DatasetFormatError(
+                f"{self.name}'s {split} files in {self.folder} hold {len(images)} images but {len(labels)} "
+                "labels: one of them is truncated or from another release. Delete both and fetch them again."
+            )
         return TensorImages(images, labels), [str(c) for c in parsed.classes]
 
 
@@ -155,7 +167,7 @@ class MNISTDataModule(TorchvisionDataModule):
             f"Without internet access, fetch {', '.join(archives)} from {mirrors[0]}"
             + (f" (mirrors: {', '.join(mirrors[1:])})" if len(mirrors) > 1 else "")
             + f" and put them in {self.folder}/, gzipped as downloaded or unpacked (e.g. "
-            f"{self.folder / archives[0]}). {ONLINE_HINT}"
+            f"{self.folder / archives[0]})."
         )
 
     def extract_local_archives(self) -> None:
@@ -201,7 +213,7 @@ class CIFAR10DataModule(TorchvisionDataModule):
         return (
             f"Without internet access, fetch {datasets.CIFAR10.url} on another machine and put it in "
             f"{self.root}/ (it is unpacked on the next run), or unpack it there yourself so that "
-            f"{self.folder}/ holds the files above. {ONLINE_HINT}"
+            f"{self.folder}/ holds the files above."
         )
 
     def extract_local_archives(self) -> None:

@@ -26,13 +26,16 @@ from torch import Tensor, nn
 from torchvision import models as tvm
 from torchvision.models import WeightsEnum
 
+from cnnlab.checkpoint_io import load_plain
+from cnnlab.errors import CheckpointError, CnnlabError
+
 log = logging.getLogger(__name__)
 
 #: how long a download may wait on the network before it counts as offline
 DOWNLOAD_TIMEOUT_S = 30.0
 
 
-class WeightsNotFoundError(FileNotFoundError):
+class WeightsNotFoundError(CnnlabError, FileNotFoundError):
     """Pretrained weights neither in the torch hub cache nor downloadable; the message says where they go."""
 
 
@@ -189,13 +192,13 @@ def weights_preprocessing(
 def transfer_from_checkpoint(model: nn.Module, path: Path) -> WeightsReport:
     """Copy the backbone tensors (``net.stages.*``) of a cnnlab checkpoint whose name and shape match."""
     if not path.is_file():
-        raise FileNotFoundError(
+        raise CheckpointError(
             f"model.weights={str(path)!r}: no such checkpoint. Give the path of a cnnlab checkpoint "
             "(<run>/checkpoints/*.ckpt), a torchvision weights name (DEFAULT, IMAGENET1K_V1, ...), or null"
         )
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    ckpt = load_plain(path, "checkpoint given as model.weights")
     if not isinstance(ckpt, Mapping) or "state_dict" not in ckpt:
-        raise ValueError(
+        raise CheckpointError(
             f"{path} is not a cnnlab checkpoint (it has no state_dict). For a torchvision weights file, "
             f"place it in {Path(torch.hub.get_dir()) / 'checkpoints'} and set model.weights to its name"
         )

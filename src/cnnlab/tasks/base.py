@@ -19,17 +19,19 @@ from typing import Any, ClassVar
 import lightning.pytorch as L
 import torch
 from hydra.utils import instantiate
+from lightning.pytorch.trainer.states import TrainerFn
 from torch import Tensor, nn
 
 from cnnlab import finetune
 from cnnlab.data.samples import SampleSpec
+from cnnlab.errors import CnnlabError
 
 log = logging.getLogger(__name__)
 
 SPLITS = ("train/", "val/", "test/", "best/")
 
 
-class NonFiniteLossError(FloatingPointError):
+class NonFiniteLossError(CnnlabError, FloatingPointError):
     """The training loss became NaN or infinite; the message gives the step and what to change."""
 
 
@@ -133,14 +135,16 @@ class BaseTask(L.LightningModule):
 
     def on_before_backward(self, loss: Tensor) -> None:
         if not torch.isfinite(loss):
-            raise NonFiniteLossError(self._divergence_message(float(loss)))
+            raise NonFiniteLossError(self._divergence_message(loss.item()))
         self._last_finite = (self.global_step, loss.detach())
 
     def on_validation_epoch_start(self) -> None:
         # an optimiser step can turn a finite loss into non-finite weights; never validate (and so
         # checkpoint) such a model
+        if self.trainer.state.fn != TrainerFn.FITTING:
+            return
         finite = torch.stack([p.detach().isfinite().all() for p in self.net.parameters()]).all()
-        if self.trainer.training and not finite:
+        if not finite:
             raise NonFiniteLossError(self._divergence_message(float("nan"), what="the weights"))
 
     def _divergence_message(self, value: float, what: str = "the training loss") -> str:
@@ -150,13 +154,18 @@ class BaseTask(L.LightningModule):
             else "no step had a finite loss"
         )
         lr = self.hparams.optimizer.get("lr")
-        precision = getattr(self.trainer, "precision", "32-true") if self._trainer is not None else "32-true"
+        precision = str(getattr(self.trainer, "precision", "32-true")) if self._trainer is not None else "32"
+        hints = [
+            f"a smaller learning rate (optimizer.lr is {lr:g})",
+            "gradient clipping (trainer.gradient_clip_val=1.0)",
+        ]
+        if "32" not in precision and "64" not in precision:
+            hints.append(f"full precision (trainer.precision=32-true; now {precision})")
         return (
             f"{what} became {value} at step {self.global_step} (epoch {self._epoch()}); {last}. The run "
-            "stopped; no checkpoint of the diverged model was kept as best and nothing was exported. Try a "
-            f"smaller learning rate (optimizer.lr={lr}), gradient clipping (trainer.gradient_clip_val=1.0)"
-            + (", or full precision (trainer.precision=32-true)" if "32" not in str(precision) else "")
-            + "."
+            "stopped; no checkpoint of the diverged model was kept as best and nothing was exported. Try "
+            + ", ".join(hints[:-1])
+            + f" or {hints[-1]}."
         )
 
     # --- optimisation ------------------------------------------------------------------------------------
