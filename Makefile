@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 ARGS   ?=
 STAMP  := $(VENV)/.installed
 
-.PHONY: install train test test-all sweep transfer-demo eval export predict tensorboard lint format clean
+.PHONY: install train test test-all sweep search transfer-demo eval export predict tensorboard lint format clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -27,6 +27,9 @@ test-all: $(STAMP) ## every test, slow ones included
 
 sweep: $(STAMP) ## a small example multirun: 2 models x 2 optimizers on digits
 	$(PY) train.py -m model=mlp,simple_cnn optimizer=sgd,adam $(ARGS)
+
+search: $(STAMP) ## an Optuna search of 8 trials on digits (run again to continue it): outputs/search/digits_lr/
+	$(PY) train.py -m hparams_search=digits_lr $(ARGS)
 
 transfer-demo: $(STAMP) ## offline transfer learning on translated digits: 0-4 pretrain, scratch vs fine-tune on 5-9
 	$(PY) scripts/transfer_demo.py $(ARGS)

@@ -253,3 +253,26 @@ def _folder_image_size(root: str) -> int:
 
 # `${folder_image_size:${data.root}}`: a photo folder's own image size (median shorter side, at most 224)
 OmegaConf.register_new_resolver("folder_image_size", _folder_image_size, replace=True)
+
+
+def _job_gpus() -> int:
+    import torch  # where a launcher config asks: a sweep's main process, never a job
+
+    return 1 if torch.cuda.is_available() else 0
+
+
+def _job_cpus(num_workers: int) -> int:
+    # on a GPU machine the cores are shared out among the GPUs' jobs; without GPUs, a job takes its main
+    # process and its loader workers
+    import os
+
+    import torch
+
+    cores = os.cpu_count() or 1
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    return max(1, cores // gpus) if gpus else min(cores, 1 + int(num_workers or 0))
+
+
+# `${job_gpus:}`, `${job_cpus:${data.num_workers}}`: what each job of a parallel sweep asks its launcher for
+OmegaConf.register_new_resolver("job_gpus", _job_gpus, replace=True)
+OmegaConf.register_new_resolver("job_cpus", _job_cpus, replace=True)

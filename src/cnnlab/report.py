@@ -9,6 +9,7 @@ configuration with the mean +/- std over seeds, and the command that re-runs onl
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 import statistics
@@ -24,6 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from cnnlab import runs
 from cnnlab.errors import CnnlabError, RunInterrupted
+from cnnlab.figures.sweep import plot_sweep
 
 #: at most this many test metrics in the tables, after the optimised one (per-class figures stay in the jobs)
 MAX_TEST_COLUMNS = 6
@@ -53,6 +55,8 @@ class SweepReport(Callback):
                 )
             )
             state = "interrupted" if isinstance(error, RunInterrupted) else "failed"
+            if type(error).__name__ == "TrialPruned":  # an Optuna search stopped this trial on purpose
+                state = "pruned"
             fields["error" if state == "failed" else "reason"] = message
             if config.hydra.mode == RunMode.MULTIRUN:
                 # one line as it fails; Hydra's own account comes when the whole sweep has run
@@ -77,6 +81,8 @@ def read_jobs(sweep_dir: Path) -> list[dict[str, Any]]:
     ):
         overrides_file = folder / ".hydra" / "overrides.yaml"
         overrides = [str(o) for o in OmegaConf.load(overrides_file)] if overrides_file.is_file() else []
+        # where a search's trial reports to its study: the sweeper's business, not the job's configuration
+        overrides = [o for o in overrides if not o.startswith("+search.")]
         status_file, metrics_file = folder / "status.json", folder / "metrics.json"
         status = json.loads(status_file.read_text()) if status_file.is_file() else {"status": "unknown"}
         metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
@@ -142,18 +148,12 @@ def write_report(sweep_dir: Path) -> Path:
     """Write ``results.csv`` (one row per job) and ``results.md`` (per job, per configuration, failures)."""
     jobs = read_jobs(sweep_dir)
     cols = columns(jobs)
-    with (sweep_dir / "results.csv").open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["job", "status", "overrides", *cols])
-        for job in jobs:
-            writer.writerow(
-                [
-                    job["job"],
-                    job["status"]["status"],
-                    " ".join(job["overrides"]),
-                    *(job["metrics"].get(c, "") for c in cols),
-                ]
-            )
+    csv_text = io.StringIO()
+    writer = csv.writer(csv_text)
+    writer.writerow(["job", "status", "overrides", *cols])
+    for job in jobs:
+        cells = [job["metrics"].get(c, "") for c in cols]
+        writer.writerow([job["job"], job["status"]["status"], " ".join(job["overrides"]), *cells])
     common = common_overrides(jobs)
     lines = [f"# Sweep {sweep_dir.name}", ""]
     if common:
@@ -189,15 +189,31 @@ def write_report(sweep_dir: Path) -> Path:
             for c in cols
         ]
         lines.append(f"| {row['config']} | {row['runs']} | " + " | ".join(cells) + " |")
-    failed = [job for job in jobs if job["status"]["status"] != "completed"]
+    failed = [job for job in jobs if job["status"]["status"] in ("failed", "interrupted")]
     if failed:
         lines += ["", "## Failed jobs", ""]
         lines += [f"- job {j['job']}: {j['status'].get('error', j['status']['status'])}" for j in failed]
         lines += ["", "Re-run only these:", ""]
         lines += [f"    python train.py {' '.join(j['overrides'])}" for j in failed]
+    plots = plot_sweep(sweep_dir, jobs, rank_by, higher)
+    if (sweep_dir / "study.db").is_file():  # an Optuna search: its trials best first, its history
+        from cnnlab.search import plot_study, trials_table
+
+        lines += ["", "## Trials of the search, best first", "", *trials_table(sweep_dir)]
+        plots += plot_study(sweep_dir)
+    if plots:
+        lines += ["", "## Plots", "", *(f"![{p.stem}]({p.relative_to(sweep_dir)})" for p in plots)]
+    _write_atomic(sweep_dir / "results.csv", csv_text.getvalue())
     path = sweep_dir / "results.md"
-    path.write_text("\n".join(lines) + "\n")
+    _write_atomic(path, "\n".join(lines) + "\n")
     return path
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    # the jobs of a parallel sweep finish at the same time and each rewrites the tables
+    partial = path.with_name(f".{path.name}.{os.getpid()}")
+    partial.write_text(text)
+    partial.replace(path)
 
 
 def _fmt(value: Any) -> str:

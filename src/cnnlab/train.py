@@ -97,6 +97,9 @@ class _NoAdverts(logging.Filter):
 logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_NoAdverts())
 # Lightning 2.6 calls a pytree API that torch 2.14 deprecates: nothing a user of cnnlab can act on
 warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
+# conf/hydra/launcher/ray.yaml completes the Ray launcher plugin's config of the same name on purpose, so that
+# hydra/launcher=ray asks one GPU per job; Hydra notes that it matched the two
+warnings.filterwarnings("ignore", message=r"\s*'hydra/launcher/ray' is validated against ConfigStore schema")
 
 
 def make_trainer(cfg: DictConfig) -> L.Trainer:
@@ -107,6 +110,10 @@ def make_trainer(cfg: DictConfig) -> L.Trainer:
         # logs piped to a file or a cluster job's output: the epoch lines of EpochLog, not a redrawn bar
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
         options["enable_progress_bar"] = False
+    if cfg.get("search"):  # a trial of an Optuna search: report each epoch, let the pruner stop it
+        from cnnlab.search import pruning_callback
+
+        callbacks.append(pruning_callback(cfg))
     loggers = [instantiate(lg) for lg in (cfg.get("logger") or {}).values() if lg is not None]
     return instantiate(
         cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()], **options
@@ -114,15 +121,21 @@ def make_trainer(cfg: DictConfig) -> L.Trainer:
 
 
 def refuse_ddp_in_multirun(cfg: DictConfig) -> None:
-    """DDP re-launches the script, which a Hydra sweep cannot survive: say so before anything starts."""
+    """DDP re-launches the script, which a Hydra sweep cannot survive: say so before anything starts.
+
+    Under Slurm (``hydra/launcher=slurm``) Slurm starts every rank itself and Lightning reads its environment,
+    so a job of a sweep may use DDP across GPUs and nodes there.
+    """
     if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
         return
     strategy = str(cfg.trainer.get("strategy", "auto"))
-    if "ddp" in strategy and strategy != "ddp_notebook":
+    launcher = str(HydraConfig.get().launcher.get("_target_", ""))
+    if "ddp" in strategy and strategy != "ddp_notebook" and not launcher.endswith("SlurmLauncher"):
         raise config.ConfigError(
             f"trainer.strategy={strategy} inside a multirun (-m): DDP re-launches train.py and cannot run "
-            "inside a sweep. Sweep with one device per job (trainer=default or trainer=gpu), or run a single "
-            "job with trainer=ddp to use every GPU."
+            "inside a sweep. Sweep with one device per job (trainer=default or trainer=gpu; "
+            "hydra/launcher=ray runs one job per GPU side by side), run a single job with trainer=ddp to use "
+            "every GPU, or launch through Slurm (hydra/launcher=slurm), which starts each rank itself."
         )
 
 

@@ -1,0 +1,269 @@
+"""Hyper-parameter search on Optuna: search spaces in YAML, TPE by default, pruning, a study that resumes.
+
+The ``hydra/sweeper=optuna_search`` plugin (``hydra_plugins.cnnlab_search``) asks the study for trials, runs
+each as a job of the multirun through the configured launcher (several side by side with ``n_jobs`` and
+``hydra/launcher=ray``) and tells the study what each job returned: ``train.py``'s optimised metric, in its
+task's direction. Each job reports its validation metric to the study after every epoch, and Optuna's pruner
+stops trials that lag (Optuna's Lightning callback). The study lives in ``study.db`` (SQLite) in the sweep
+folder: the same command run again continues it. ``best.yaml`` holds the best trial's overrides and the
+command that re-runs it. Optuna is imported only by searches.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger(__name__)
+
+#: the kinds of search space a key can have, and the fields each takes
+SPACES = {
+    "float": ("low", "high", "log", "step"),
+    "int": ("low", "high", "log", "step"),
+    "categorical": ("choices",),
+}
+STUDY_FILE = "study.db"
+
+
+def suggest(trial: Any, key: str, spec: Mapping[str, Any]) -> Any:
+    """The value ``trial`` draws for ``key`` from its search space ``spec`` (``type`` and its fields)."""
+    kind = spec.get("type")
+    if kind not in SPACES:
+        raise ValueError(
+            f"hydra.sweeper.params.{key}: type={kind!r}; choose one of {', '.join(SPACES)} "
+            "(e.g. {type: float, low: 1e-4, high: 1e-1, log: true})"
+        )
+    unknown = set(spec) - {"type", *SPACES[kind]}
+    if unknown:
+        raise ValueError(f"hydra.sweeper.params.{key}: {sorted(unknown)} are not fields of a {kind} space")
+    if kind == "categorical":
+        return trial.suggest_categorical(key, list(spec["choices"]))
+    options = {k: spec[k] for k in ("log", "step") if spec.get(k) is not None}
+    if kind == "int":
+        return trial.suggest_int(key, int(spec["low"]), int(spec["high"]), **options)
+    return trial.suggest_float(key, float(spec["low"]), float(spec["high"]), **options)
+
+
+def as_override(key: str, value: Any) -> str:
+    """``key=value`` in Hydra's override syntax."""
+    if isinstance(value, str):
+        return f"{key}={value}" if value.replace("_", "").replace("-", "").isalnum() else f"{key}='{value}'"
+    if value is None:
+        return f"{key}=null"
+    return f"{key}={str(value).lower() if isinstance(value, bool) else value}"
+
+
+def sampler_of(spec: Mapping[str, Any]) -> Any:
+    """An Optuna sampler from its config: ``tpe`` (default), ``random`` or ``cmaes``, with a seed."""
+    import optuna
+
+    name, seed = spec.get("name", "tpe"), spec.get("seed")
+    samplers = {"tpe": optuna.samplers.TPESampler, "random": optuna.samplers.RandomSampler}
+    samplers["cmaes"] = optuna.samplers.CmaEsSampler
+    if name not in samplers:
+        raise ValueError(f"hydra.sweeper.sampler.name={name!r}: choose one of {', '.join(samplers)}")
+    return samplers[name](seed=seed)
+
+
+def pruner_of(spec: Mapping[str, Any]) -> Any:
+    """An Optuna pruner from its config: ``median`` (default), ``percentile``, ``hyperband`` or ``none``."""
+    import optuna
+
+    options = {k: v for k, v in spec.items() if k != "name"}
+    pruners = {
+        "median": optuna.pruners.MedianPruner,
+        "percentile": optuna.pruners.PercentilePruner,
+        "hyperband": optuna.pruners.HyperbandPruner,
+        "none": optuna.pruners.NopPruner,
+    }
+    name = spec.get("name", "median")
+    if name not in pruners:
+        raise ValueError(f"hydra.sweeper.pruner.name={name!r}: choose one of {', '.join(pruners)}")
+    return pruners[name](**options)
+
+
+def direction_of(config: DictConfig) -> str:
+    """ "maximize" or "minimize": the run's optimised metric in its task's direction."""
+    from cnnlab.config import _metric_mode
+
+    mode = _metric_mode(str(config.task._target_), str(config.optimized_metric))
+    return "maximize" if mode == "max" else "minimize"
+
+
+# --- the sweep, in the sweeper's process ----------------------------------------------------------------
+
+
+def run_search(sweeper: Any, arguments: Sequence[str]) -> list[Sequence[Any]]:
+    """Ask, launch and tell until the study holds ``n_trials`` finished trials; return every job's result."""
+    import optuna
+    from hydra.core.utils import JobStatus
+
+    from cnnlab import report
+
+    config = sweeper.config
+    sweep_dir = Path(str(config.hydra.sweep.dir))
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    storage = f"sqlite:///{sweep_dir / STUDY_FILE}"
+    study = optuna.create_study(
+        study_name=sweeper.study_name,
+        storage=storage,
+        direction=direction_of(config),
+        sampler=sampler_of(sweeper.sampler),
+        pruner=pruner_of(sweeper.pruner),
+        load_if_exists=True,
+    )
+    requeue_unfinished(study)
+    base = [a for a in arguments if not a.startswith("hydra/sweeper")]
+    if any("," in a.split("=", 1)[-1] for a in base if "=" in a and not a.startswith("hydra.")):
+        raise ValueError("optuna_search draws its values from hydra.sweeper.params; give no comma lists")
+    job_index = 1 + max((int(p.name) for p in sweep_dir.iterdir() if p.name.isdigit()), default=-1)
+    results: list[Sequence[Any]] = []
+    while (remaining := sweeper.n_trials - finished(study)) > 0:
+        trials = [study.ask() for _ in range(min(sweeper.n_jobs, remaining))]
+        batch = [
+            trial_overrides(trial, sweeper.params, base, storage, sweeper.study_name) for trial in trials
+        ]
+        returns = sweeper.launcher.launch(batch, initial_job_idx=job_index)
+        job_index += len(batch)
+        for trial, ret in zip(trials, returns, strict=True):
+            value = ret._return_value if ret.status == JobStatus.COMPLETED else None
+            if isinstance(value, (int, float)) and math.isfinite(value):
+                study.tell(trial, float(value))
+            elif type(ret._return_value).__name__ == "TrialPruned":
+                study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+            else:
+                study.tell(trial, state=optuna.trial.TrialState.FAIL)
+        results.append(returns)
+    best = write_best(sweep_dir, study, base)
+    report.write_report(sweep_dir)
+    if best is not None:
+        log.info("search: best trial %d, %s = %.4g; overrides in %s", *best)
+    return results
+
+
+def finished(study: Any) -> int:
+    """Trials that count towards ``n_trials``: completed, pruned or failed."""
+    import optuna
+
+    states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL)
+    return len(study.get_trials(deepcopy=False, states=states))
+
+
+def requeue_unfinished(study: Any) -> None:
+    """Trials left running by an interrupted search are marked failed and asked again, with their values."""
+    import optuna
+
+    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
+        study.enqueue_trial(trial.params, skip_if_exists=True)
+        log.info("search: trial %d was interrupted; its values are tried again", trial.number)
+
+
+def trial_overrides(
+    trial: Any, params: Mapping[str, Any], base: Sequence[str], storage: str, study_name: str
+) -> list[str]:
+    """A job's overrides: the command line's, the trial's values, and where to report to the study."""
+    values = [as_override(key, suggest(trial, key, spec)) for key, spec in params.items()]
+    where = [
+        f"+search.storage='{storage}'",
+        f"+search.study={study_name}",
+        f"+search.trial_id={trial._trial_id}",
+    ]
+    return [*base, *values, *where]
+
+
+def write_best(sweep_dir: Path, study: Any, base: Sequence[str]) -> tuple[int, str, float, Path] | None:
+    """``best.yaml``: the best trial's value, its overrides and the command that re-runs it."""
+    try:
+        best = study.best_trial
+    except ValueError:  # no trial completed
+        return None
+    overrides = [*base, *(as_override(k, v) for k, v in best.params.items())]
+    command = "python train.py " + " ".join(overrides)
+    record = {"trial": best.number, "value": best.value, "overrides": overrides, "command": command}
+    path = sweep_dir / "best.yaml"
+    heading = f"# the best of {len(study.trials)} trials of study {study.study_name!r}"
+    path.write_text(f"{heading} ({study.direction.name.lower()})\n" + yaml.safe_dump(record, sort_keys=False))
+    return best.number, "value", float(best.value), path
+
+
+# --- in each job -----------------------------------------------------------------------------------------
+
+
+def pruning_callback(cfg: DictConfig) -> Any:
+    """Optuna's Lightning callback for this job's trial: it reports the optimised metric every epoch."""
+    import optuna
+    from optuna_integration import PyTorchLightningPruningCallback
+
+    search = OmegaConf.to_container(cfg.search, resolve=True)
+    study = optuna.load_study(study_name=str(search["study"]), storage=str(search["storage"]))
+    trial = optuna.trial.Trial(study, int(search["trial_id"]))
+    return PyTorchLightningPruningCallback(trial, monitor=str(cfg.optimized_metric))
+
+
+def load(sweep_dir: Path) -> Any:
+    """The study kept in a sweep folder."""
+    import optuna
+
+    storage = f"sqlite:///{sweep_dir / STUDY_FILE}"
+    return optuna.load_study(study_name=optuna.get_all_study_names(storage)[0], storage=storage)
+
+
+def trials_table(sweep_dir: Path) -> list[str]:
+    """Markdown lines listing the study's trials, best first: number, state, value and values drawn."""
+    import optuna
+
+    study = load(sweep_dir)
+    trials = study.get_trials(deepcopy=False)
+    keys = sorted({k for t in trials for k in t.params})
+    higher = study.direction == optuna.study.StudyDirection.MAXIMIZE
+    ranked = sorted(trials, key=lambda t: (t.value is None, -(t.value or 0) if higher else (t.value or 0)))
+    lines = ["| trial | state | value | " + " | ".join(keys) + " |", "|---" * (3 + len(keys)) + "|"]
+    for t in ranked:
+        value = f"{t.value:.4f}" if t.value is not None else ""
+        cells = [
+            f"{t.params[k]:.4g}" if isinstance(t.params.get(k), float) else str(t.params.get(k, ""))
+            for k in keys
+        ]
+        lines.append(f"| {t.number} | {t.state.name.lower()} | {value} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def plot_study(sweep_dir: Path) -> list[Path]:
+    """The search's history (each trial's value and the best so far) and its parameters' importances."""
+    import matplotlib.pyplot as plt
+    import optuna
+
+    from cnnlab.figures.sweep import save
+
+    study = load(sweep_dir)
+    done = [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.COMPLETE]
+    if len(done) < 2:
+        return []
+    higher = study.direction == optuna.study.StudyDirection.MAXIMIZE
+    values = [t.value for t in done]
+    best = [max(values[: i + 1]) if higher else min(values[: i + 1]) for i in range(len(values))]
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ax.scatter([t.number for t in done], values, label="trial")
+    ax.step([t.number for t in done], best, where="post", color="red", label="best so far")
+    ax.set(xlabel="trial", ylabel="value", title=f"search history ({study.direction.name.lower()})")
+    ax.legend()
+    fig.tight_layout()
+    paths = [save(fig, sweep_dir / "plots" / "search_history.png", sweep_dir, "search/history")]
+    try:
+        importances = optuna.importance.get_param_importances(study)
+    except (RuntimeError, ValueError):  # too few completed trials, or a single value everywhere
+        return paths
+    fig, ax = plt.subplots(figsize=(5, 0.5 + 0.4 * len(importances)))
+    names = list(importances)[::-1]
+    ax.barh(names, [importances[n] for n in names])
+    ax.set(xlabel="importance (fANOVA)", title="which parameters mattered")
+    fig.tight_layout()
+    paths.append(save(fig, sweep_dir / "plots" / "search_importances.png", sweep_dir, "search/importances"))
+    return paths
