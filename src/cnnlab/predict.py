@@ -17,8 +17,10 @@ from pathlib import Path
 from types import ModuleType
 
 import torch
+import torchvision  # noqa: F401  (registers the operators, e.g. nms, that detectors' exported graphs call)
 
 from cnnlab.data.io import ImageReadError, read_image
+from cnnlab.data.scan import IMAGE_EXTENSIONS
 from cnnlab.errors import CheckpointError
 
 SERVING_PACKAGE = "cnnlab.serving."
@@ -69,6 +71,17 @@ def serving_of(model: torch.jit.ScriptModule) -> ModuleType:
     return importlib.import_module(name)
 
 
+def image_files(paths: Sequence[Path]) -> list[Path]:
+    """The files given, with each folder replaced by the images in it (sorted by name)."""
+    found: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            found += sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
+        else:
+            found.append(path)
+    return found
+
+
 def read_images(
     paths: Sequence[Path], channels: int, failures: list[Path]
 ) -> Iterator[tuple[Path, torch.Tensor]]:
@@ -85,7 +98,9 @@ def main(argv: list[str] | None = None) -> None:
     """Command line: show the model's predictions for each image."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("model", type=Path, help="an exported model.pt")
-    parser.add_argument("images", type=Path, nargs="+", help="image files (PNG, JPEG, ...)")
+    parser.add_argument(
+        "images", type=Path, nargs="+", help="image files (PNG, JPEG, ...) or folders of them"
+    )
     known, _ = parser.parse_known_args(argv)
     try:
         model = load_model(known.model)
@@ -95,7 +110,7 @@ def main(argv: list[str] | None = None) -> None:
     serving.add_arguments(parser)
     args = parser.parse_args(argv)
     failures: list[Path] = []
-    serving.show(model, read_images(args.images, int(model.in_channels), failures), args)
+    serving.show(model, read_images(image_files(args.images), int(model.in_channels), failures), args)
     sys.exit(1 if failures else 0)
 
 

@@ -4,10 +4,8 @@ checkpoint, and the errors a user meets with a wrong name, a wrong path or no in
 from __future__ import annotations
 
 import logging
-import socket
 from pathlib import Path
 from typing import Any
-from urllib.error import URLError
 
 import pytest
 import torch
@@ -17,24 +15,6 @@ from cnnlab.errors import CheckpointError
 from cnnlab.models import weights
 from cnnlab.models.torchvision_nets import GoogLeNet, MobileNetV3, ResNet
 from cnnlab.models.weights import WeightsNotFoundError, hub_file, torchvision_weights
-
-
-@pytest.fixture(autouse=True)
-def offline(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> list[str]:
-    """A machine without internet whose torch hub cache is ``tmp_path/hub``; returns the URLs code tried."""
-    monkeypatch.setattr(torch.hub, "_hub_dir", str(tmp_path / "hub"))
-    tried: list[str] = []
-
-    def no_download(url: str, *args: Any, **kwargs: Any) -> None:
-        tried.append(url)
-        raise URLError("[Errno -3] Temporary failure in name resolution")
-
-    def no_lookup(host: str, *args: Any, **kwargs: Any) -> None:
-        raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
-
-    monkeypatch.setattr(torch.hub, "download_url_to_file", no_download)
-    monkeypatch.setattr(socket, "getaddrinfo", no_lookup)  # in case anything reached past torch.hub
-    return tried
 
 
 def place_in_hub_cache(arch: str, name: str, **builder_kwargs: Any) -> tvm.WeightsEnum:

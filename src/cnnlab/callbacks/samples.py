@@ -36,12 +36,10 @@ class AugmentationSamples(L.Callback):
         if not isinstance(images, Tensor) or images.dim() != 4:
             return  # detection batches (lists of images) have their own figures
         datamodule = getattr(trainer, "datamodule", None)
-        grid = augmented_grid(
-            images[: self.num_samples],
-            list(getattr(datamodule, "mean", None) or []),
-            list(getattr(datamodule, "std", None) or []),
-            self.nrow,
-        )
+        # the statistics the images were normalised with: none when the task keeps them in [0, 1]
+        contract = datamodule.contract() if hasattr(datamodule, "contract") else {}
+        mean, std = contract.get("mean", []), contract.get("std", [])
+        grid = augmented_grid(images[: self.num_samples], mean, std, self.nrow)
         writer.add_image(self.tag, grid, trainer.global_step)
 
 

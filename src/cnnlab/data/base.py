@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 
 import lightning.pytorch as L
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler, Subset
+from torch.utils.data import ConcatDataset, DataLoader, Dataset, Sampler, Subset
 
 from cnnlab.data import transforms as T
 from cnnlab.data.samples import SampleDataset, SampleSpec, label_collate
@@ -102,6 +102,7 @@ class ImageDataModule(L.LightningDataModule):
         seed: int = 0,
         augmentation: T.AugmentationFactory | None = None,
         normal_classes: Sequence[int] | None = None,
+        val_anomalies: float = 0.0,
         pin_memory: bool = False,
         spec: SampleSpec = LABELLED,
     ) -> None:
@@ -122,6 +123,12 @@ class ImageDataModule(L.LightningDataModule):
         self.augmentation = augmentation or T.none
         self.spec = spec
         self.normal_classes = self._check_normal_classes(normal_classes)
+        if not 0.0 <= val_anomalies < 1.0 or (val_anomalies and normal_classes is None):
+            raise ValueError(
+                f"data.val_anomalies={val_anomalies}: give the share of validation images taken from the "
+                "classes outside data.normal_classes, from 0 (none) to below 1; it needs data.normal_classes"
+            )
+        self.val_anomalies = float(val_anomalies)
         self.class_names: list[str] = [str(i) for i in range(self.num_classes)]
         self.train_set: Dataset | None = None
         self.val_set: Dataset | None = None
@@ -263,12 +270,20 @@ class ImageDataModule(L.LightningDataModule):
         """The raw train, validation and test items (cached): normal images only in train and val."""
         if not self._raw:
             pool, test, val = self.load_split("train"), self.load_split("test"), self.own_validation()
+            others: Dataset | None = None
             if self.normal_classes is not None:
                 normal = set(self.normal_classes)
-                pool = Subset(pool, [i for i, y in enumerate(labels_of(pool)) if y in normal])
+                labels = labels_of(pool)
+                others = Subset(pool, [i for i, y in enumerate(labels) if y not in normal])
+                pool = Subset(pool, [i for i, y in enumerate(labels) if y in normal])
                 if val is not None:
                     val = Subset(val, [i for i, y in enumerate(labels_of(val)) if y in normal])
             train, val = (pool, val) if val is not None else self._split(pool)
+            if self.val_anomalies and others is not None:
+                # images of the other classes join validation (never training): AUROC can pick checkpoints
+                n = round(len(val) * self.val_anomalies / (1 - self.val_anomalies))
+                order = torch.randperm(len(others), generator=torch.Generator().manual_seed(self.seed))
+                val = ConcatDataset([val, Subset(others, order[:n].tolist())])
             self._raw = {"train": train, "val": val, "test": test}
         return self._raw["train"], self._raw["val"], self._raw["test"]
 

@@ -91,7 +91,9 @@ class SampleDataset(Dataset):
         keys: Sequence[str],
         normal_classes: Sequence[int] | None = None,
     ) -> None:
-        self.source, self.transform, self.keys = source, transform, tuple(keys)
+        # boxes come with their labels: one target, two keys
+        keys = tuple(keys) + (("labels",) if "boxes" in keys and "labels" not in keys else ())
+        self.source, self.transform, self.keys = source, transform, keys
         self.normal = set(normal_classes) if normal_classes is not None else None
 
     def __len__(self) -> int:
@@ -104,6 +106,24 @@ class SampleDataset(Dataset):
             target = {**target, "anomaly": int(target["label"] not in self.normal)}
         kept = {key: target[key] for key in self.keys if key in target}
         return self.transform(as_image(image), kept)
+
+
+class BoxLabelsAfterBackground(Dataset):
+    """The items of ``source`` with box labels moved up by one, past the background class of its masks.
+
+    A dataset with both masks and boxes then has one class index for both: ``class_names[0]`` is the
+    background (never a box label), ``class_names[k]`` the class of mask value k and of box label k.
+    """
+
+    def __init__(self, source: Dataset) -> None:
+        self.source = source
+
+    def __len__(self) -> int:
+        return len(self.source)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int) -> tuple[Any, dict[str, Any]]:
+        image, target = self.source[index]
+        return image, {**target, "labels": target["labels"] + 1}
 
 
 # --- collate functions: a task's SampleSpec names one ----------------------------------------------------

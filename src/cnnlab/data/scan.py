@@ -89,9 +89,7 @@ def scan_images(files: Sequence[Path], root: Path, workers: int = 0) -> dict[Pat
             time.perf_counter() - started,
             len(files) - len(todo),
         )
-        entries = {
-            _relative(path, root): {"key": keys[path], **asdict(results[path])} for path in files
-        }
+        entries = {_relative(path, root): {"key": keys[path], **asdict(results[path])} for path in files}
         _write(cache_file, entries)
     return results
 

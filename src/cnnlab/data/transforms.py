@@ -37,6 +37,10 @@ class Preprocess(nn.Module):
     TorchScript-able, for exported models; the kernels are those of ``eval_transform``'s steps.
     """
 
+    # real types for TorchScript, which cannot tell an empty list's (no normalisation) from the value, and
+    # reads no postponed annotations
+    __annotations__ = {"mean": list[float], "std": list[float]}
+
     def __init__(
         self,
         geometry: str,
@@ -50,6 +54,17 @@ class Preprocess(nn.Module):
             raise ValueError(f"geometry={geometry!r}: choose one of {', '.join(GEOMETRIES)}")
         self.geometry, self.image_size, self.resize_size = geometry, int(image_size), int(resize_size)
         self.mean, self.std = [float(v) for v in mean], [float(v) for v in std]
+
+    @classmethod
+    def from_contract(cls, contract: dict, geometry: str) -> Preprocess:
+        """The preprocessing an exported model's contract describes (``geometry`` where it names none)."""
+        return cls(
+            contract.get("geometry", geometry),
+            contract["image_size"],
+            contract["resize_size"],
+            contract.get("mean", []),
+            contract.get("std", []),
+        )
 
     def forward(self, image: Tensor) -> Tensor:
         x = to_unit_range(image)

@@ -10,30 +10,26 @@ import matplotlib.pyplot as plt
 from torch import Tensor
 from torchmetrics.classification import MulticlassConfusionMatrix
 
-from cnnlab.figures import denormalize, tensorboard
+from cnnlab.figures import FigureCallback, denormalize
 
 
-class ClassificationFigures(L.Callback):
+class ClassificationFigures(FigureCallback):
     """Logs a confusion matrix and a grid of test images titled with prediction and truth."""
+
+    stages = ("test",)
 
     def __init__(self, num_samples: int = 32, max_classes: int = 60) -> None:
         self.num_samples, self.max_classes = num_samples, max_classes
         self.confmat: MulticlassConfusionMatrix | None = None
         self.samples: list[tuple[Tensor, int, int]] = []
 
-    def on_test_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    def start(self, stage: str, pl_module: L.LightningModule) -> None:
         num_classes = len(pl_module.contract.get("class_names", [])) or pl_module.hparams.num_classes
         self.confmat = MulticlassConfusionMatrix(num_classes).to(pl_module.device)
         self.samples = []
 
-    def on_test_batch_end(
-        self,
-        trainer: L.Trainer,
-        pl_module: L.LightningModule,
-        outputs: Any,
-        batch: Any,
-        batch_idx: int,
-        dataloader_idx: int = 0,
+    def collect(
+        self, stage: str, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
         images, labels = batch
         preds = outputs["logits"].argmax(1)
@@ -44,11 +40,11 @@ class ClassificationFigures(L.Callback):
                 break
             self.samples.append((image.detach().cpu(), int(pred), int(label)))
 
-    def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    def finish(self, stage: str, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         assert self.confmat is not None
-        matrix = self.confmat.compute().cpu()
-        writer = tensorboard(trainer)
-        if writer is None or not trainer.is_global_zero:
+        matrix = self.confmat.compute().cpu()  # on every process: the counts are gathered across them
+        writer = self.writer(trainer)
+        if writer is None:
             return
         names = pl_module.contract.get("class_names") or [str(i) for i in range(matrix.shape[0])]
         step = trainer.global_step

@@ -24,13 +24,7 @@ class Exported(nn.Module):
 
     def __init__(self, net: nn.Module, contract: dict[str, Any]) -> None:
         super().__init__()
-        self.preprocess = Preprocess(
-            contract.get("geometry", "crop"),
-            contract["image_size"],
-            contract["resize_size"],
-            contract.get("mean", []),
-            contract.get("std", []),
-        )
+        self.preprocess = Preprocess.from_contract(contract, "crop")
         self.net = net
         self.serving = __name__
         self.class_names = list(contract["class_names"])
