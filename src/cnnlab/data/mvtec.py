@@ -3,20 +3,23 @@
 
 Training images are all defect-free. A test image's label is 0 for good and 1.. for the defect types in
 sorted order; its mask marks the defect pixels (1), all zeros for good images and where a mask is missing.
+``MVTecDataModule`` serves a category to the anomaly and autoencoder tasks.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Subset
 from torchvision import tv_tensors
 from torchvision.datasets.utils import download_and_extract_archive
 
+from cnnlab.data.base import ImageDataModule
 from cnnlab.data.errors import DatasetFormatError, DatasetNotFoundError
 from cnnlab.data.io import read_image, read_mask
 
@@ -141,3 +144,95 @@ def _categories(folder: Path) -> list[str]:
 
 def _pngs(folder: Path) -> list[Path]:
     return sorted(p for p in folder.glob("*.png") if not p.name.startswith(".")) if folder.is_dir() else []
+
+
+class WithoutMasks(Dataset):
+    """The items of ``source`` without ``mask``: a category without ``ground_truth/`` has no pixel truth."""
+
+    def __init__(self, source: Dataset) -> None:
+        self.source = source
+
+    def __len__(self) -> int:
+        return len(self.source)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int) -> tuple[Any, dict[str, Any]]:
+        image, target = self.source[index]
+        return image, {k: v for k, v in target.items() if k != "mask"}
+
+
+class MVTecDataModule(ImageDataModule):
+    """One MVTec AD category for anomaly detection: training on ``train/good`` (validation carved from it),
+    testing on ``test/`` (good and defect images, with defect masks where ``ground_truth/`` has them).
+
+    ``val_from_test`` moves that fraction of each kind of test image (good and every defect type; the same
+    images in every run) to validation instead, so that validation holds defects: AUROC can then pick the
+    checkpoint and the threshold is the F1-best one. ``root`` names the category folder (``.../bottle``);
+    when it is missing and ``download`` is true, the whole dataset is downloaded into its parent folder.
+    Class 0 is ``good``, class k the k-th defect type.
+    """
+
+    targets = ("anomaly", "label", "mask")
+
+    def __init__(
+        self, root: str | os.PathLike, download: bool = True, val_from_test: float = 0.0, **kwargs: Any
+    ) -> None:
+        # the number of defect types is read from the folder (setup); until then one class, good
+        kwargs.setdefault("num_classes", 1)
+        kwargs.setdefault("in_channels", 3)
+        kwargs.setdefault("image_size", 256)
+        super().__init__(root=root, **kwargs)
+        if not 0.0 <= val_from_test < 1.0:
+            raise ValueError(
+                f"data.val_from_test={val_from_test}: give the fraction of test images moved to validation, "
+                "at least 0 (none: validation comes from train/good) and below 1"
+            )
+        self.allow_download, self.val_from_test = download, val_from_test
+        self._splits: dict[str, Dataset] = {}
+
+    @classmethod
+    def provides(cls, normal_classes: Sequence[int] | None = None) -> tuple[str, ...]:
+        """Anomaly flags: the defect types and masks exist for test images only (every training image is
+        good), so they serve evaluation and figures, never a classifier or a segmenter."""
+        return ("anomaly",)
+
+    def download(self) -> None:
+        """Download and unpack MVTec AD into the parent of ``root`` when the category is missing."""
+        assert self.root is not None
+        if self.allow_download and not (self.root / "train").is_dir():
+            download(self.root.parent)
+
+    def load_split(self, split: str) -> Dataset:
+        if not self._splits:
+            self._splits = self._read()
+        return self._splits[split]
+
+    def own_validation(self) -> Dataset | None:
+        return self._splits.get("val")
+
+    def _read(self) -> dict[str, Dataset]:
+        assert self.root is not None
+        train = MVTecAD(self.root, "train", channels=self.in_channels)
+        test = MVTecAD(self.root, "test", channels=self.in_channels)
+        self.num_classes = len(test.class_names)
+        self._set_class_names(test.class_names)
+        splits: dict[str, Dataset] = {"train": train, "test": test}
+        if self.val_from_test:
+            val, kept = _stratified(
+                [label for _, label, _ in test.samples], self.val_from_test, torch.Generator().manual_seed(0)
+            )
+            splits.update(test=Subset(test, kept), val=Subset(test, val))
+        return splits if test.has_masks else {k: WithoutMasks(v) for k, v in splits.items()}
+
+
+def _stratified(
+    labels: list[int], fraction: float, generator: torch.Generator
+) -> tuple[list[int], list[int]]:
+    """Indices split into (``fraction`` of each label, the rest); a label with 2 or more items gives one."""
+    picked: list[int] = []
+    for label in sorted(set(labels)):
+        members = [i for i, y in enumerate(labels) if y == label]
+        count = max(1, round(len(members) * fraction)) if len(members) > 1 else 0
+        order = torch.randperm(len(members), generator=generator)[:count].tolist()
+        picked += [members[i] for i in order]
+    chosen = set(picked)
+    return sorted(picked), [i for i in range(len(labels)) if i not in chosen]
