@@ -2,6 +2,7 @@
 
 A mask is a palette or greyscale PNG of class indices (255: ignore). Class names come from the argument, else
 from ``root/classes.txt`` (line i names index i), else they are the indices "0".."K" up to the largest found.
+``MaskFolderDataModule`` serves such folders to the segmentation task.
 """
 
 from __future__ import annotations
@@ -12,13 +13,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Subset
 from torchvision import tv_tensors
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
+from cnnlab.data.base import ImageDataModule
 from cnnlab.data.errors import DatasetFormatError, DatasetNotFoundError
 from cnnlab.data.io import read_image, read_mask
 from cnnlab.data.samples import IGNORE_INDEX
+from cnnlab.errors import ConfigError
 
 LAYOUT = {"images": IMG_EXTENSIONS, "masks": (".png",)}
 
@@ -113,3 +116,67 @@ def _check_pairs(root: Path, images: dict[str, Path], masks: dict[str, Path]) ->
                 f"{len(alone)} {kind}s in {root} have no {other[:-1]} of the same name in {root / other}: "
                 f"{names}"
             )
+
+
+class MaskFolderDataModule(ImageDataModule):
+    """Segmentation on any ``images/`` + ``masks/`` folder pair, classes named by ``class_names``, else by
+    ``root/classes.txt``, else "0" to "num_classes - 1".
+
+    A ``test_root`` of the same layout is the test set; without one, a fixed ``test_fraction`` of the images
+    (the same in every run) is held out for testing. The run's seed carves validation from the rest.
+    """
+
+    targets = ("mask",)
+
+    def __init__(
+        self,
+        root: str | os.PathLike | None = None,
+        num_classes: int | None = None,
+        class_names: Sequence[str] | None = None,
+        test_root: str | os.PathLike | None = None,
+        test_fraction: float = 0.2,
+        **kwargs: Any,
+    ) -> None:
+        # the config leaves both to the user (???), which Hydra then passes as nothing at all
+        if root is None or num_classes is None:
+            raise ConfigError(
+                "data=mask_folder needs data.root (the folder holding images/ and masks/) and "
+                "data.num_classes (every class, background included: the lines of classes.txt), e.g. "
+                "data.root=~/data/roads data.num_classes=3"
+            )
+        kwargs.setdefault("in_channels", 3)
+        super().__init__(root=root, num_classes=num_classes, **kwargs)
+        if test_root is None and not 0.0 < test_fraction < 1.0:
+            raise ValueError(f"data.test_fraction must lie strictly between 0 and 1, got {test_fraction}")
+        self.given_names = [str(name) for name in class_names] if class_names is not None else None
+        self.test_root = Path(test_root).expanduser() if test_root is not None else None
+        self.test_fraction = test_fraction
+        self._pool: dict[str, Dataset] = {}
+
+    def load_split(self, split: str) -> Dataset:
+        if not self._pool:
+            assert self.root is not None
+            pool = MaskFolder(self.root, self._names(), channels=self.in_channels)
+            self._set_class_names(pool.class_names)
+            if self.test_root is not None:
+                test = MaskFolder(self.test_root, pool.class_names, channels=self.in_channels)
+                self._pool = {"train": pool, "test": test}
+            else:
+                order = torch.randperm(len(pool), generator=torch.Generator().manual_seed(0)).tolist()
+                n_test = max(1, round(len(pool) * self.test_fraction))
+                if len(pool) - n_test < 2:
+                    raise ConfigError(
+                        f"{self.root} holds {len(pool)} images: too few to hold out "
+                        f"data.test_fraction={self.test_fraction} for testing and still train and validate"
+                    )
+                self._pool = {"test": Subset(pool, order[:n_test]), "train": Subset(pool, order[n_test:])}
+        return self._pool[split]
+
+    def _names(self) -> list[str] | None:
+        """The configured names; None lets the folder's classes.txt name them; else the indices."""
+        assert self.root is not None
+        if self.given_names is not None:
+            return self.given_names
+        if (self.root / "classes.txt").is_file():
+            return None
+        return [str(k) for k in range(self.num_classes)]

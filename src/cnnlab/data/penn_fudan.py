@@ -13,13 +13,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Subset
 from torchvision import tv_tensors
 from torchvision.datasets.utils import download_and_extract_archive
 from torchvision.ops import masks_to_boxes
 
+from cnnlab.data.base import ImageDataModule
 from cnnlab.data.errors import DatasetFormatError, DatasetNotFoundError, dataset_not_found
 from cnnlab.data.io import read_image, read_mask
+from cnnlab.data.samples import BoxLabelsAfterBackground
 
 log = logging.getLogger(__name__)
 
@@ -122,3 +124,42 @@ def _instructions(root: Path) -> str:
         f"(it unpacks to {root / FOLDER}/PNGImages and PedMasks), or download it where the internet is "
         "reachable."
     )
+
+
+class PennFudanDataModule(ImageDataModule):
+    """Penn-Fudan pedestrians for segmentation (person vs background) and detection (a box per person).
+
+    Class 0 is the background, class 1 a person, in masks and box labels alike. The database has no splits:
+    a fixed ``test_fraction`` (the same images in every run) is held out for testing; the run's seed carves
+    validation from the rest.
+    """
+
+    targets = ("mask", "boxes")
+
+    def __init__(
+        self, root: str | os.PathLike, download: bool = True, test_fraction: float = 0.2, **kwargs: Any
+    ) -> None:
+        kwargs.setdefault("num_classes", 2)
+        kwargs.setdefault("in_channels", 3)
+        super().__init__(root=root, **kwargs)
+        if not 0.0 < test_fraction < 1.0:
+            raise ValueError(f"data.test_fraction must lie strictly between 0 and 1, got {test_fraction}")
+        self.allow_download, self.test_fraction = download, test_fraction
+        self._pool: dict[str, Dataset] = {}
+
+    def download(self) -> None:
+        """Download and unzip the database into ``root`` when it is missing and downloads are allowed."""
+        assert self.root is not None
+        if self.allow_download:
+            download(self.root)
+
+    def load_split(self, split: str) -> Dataset:
+        if not self._pool:
+            assert self.root is not None
+            people = PennFudanPed(self.root, channels=self.in_channels)
+            self._set_class_names(people.segmentation_class_names)
+            order = torch.randperm(len(people), generator=torch.Generator().manual_seed(0)).tolist()
+            n_test = max(1, round(len(people) * self.test_fraction))
+            pool = BoxLabelsAfterBackground(people)
+            self._pool = {"test": Subset(pool, order[:n_test]), "train": Subset(pool, order[n_test:])}
+        return self._pool[split]

@@ -20,6 +20,9 @@ from PIL import Image, ImageDraw
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
 
+from cnnlab.data.base import ImageDataModule
+from cnnlab.data.samples import BoxLabelsAfterBackground
+
 #: the shapes that can be drawn, usable as ``classes``
 KINDS = ("circle", "square", "triangle", "star", "hexagon", "cross")
 BACKGROUNDS = ("plain", "noise", "texture")
@@ -201,3 +204,49 @@ class ShapesDataset(Dataset):
             points = OUTLINES[kind] @ turn.T * radius + (x, y)
             draw.polygon([tuple(p) for p in points], fill=1)
         return np.asarray(layer, dtype=bool)
+
+
+class ShapesDataModule(ImageDataModule):
+    """The embedded shapes: masks and boxes for segmentation and detection, offline and seeded.
+
+    Class 0 is the background; class k + 1 is ``classes[k]``, in masks and box labels alike. The training pool
+    and the test set are drawn from generators of their own (``generator_seed``), the same in every run; the
+    run's seed carves the validation split and orders the batches.
+    """
+
+    targets = ("mask", "boxes")
+
+    def __init__(
+        self,
+        classes: Sequence[str] = ("circle", "square", "triangle"),
+        train_size: int = 1000,
+        test_size: int = 200,
+        objects: Sequence[int] = (1, 4),
+        object_size: Sequence[float] = (0.15, 0.45),
+        background: str = "noise",
+        generator_seed: int = 0,
+        **kwargs: Any,
+    ) -> None:
+        kwargs.setdefault("num_classes", len(classes) + 1)
+        kwargs.setdefault("in_channels", 3)
+        kwargs.setdefault("image_size", 64)
+        super().__init__(**kwargs)
+        for key, value in (("train_size", train_size), ("test_size", test_size)):
+            if int(value) < 1:
+                raise ValueError(f"data.{key}={value}: give a number of images of at least 1")
+        self.options = {
+            "image_size": self.image_size,
+            "classes": tuple(classes),
+            "objects": (int(objects[0]), int(objects[1])),
+            "object_size": (float(object_size[0]), float(object_size[1])),
+            "background": background,
+            "channels": self.in_channels,
+        }
+        self.sizes = {"train": int(train_size), "test": int(test_size)}
+        self.generator_seed = int(generator_seed)
+        self._set_class_names(["background", *classes])
+
+    def load_split(self, split: str) -> Dataset:
+        # train and test come from different generators: no test image is ever a training image
+        seed = self.generator_seed * 2 + (split == "test")
+        return BoxLabelsAfterBackground(ShapesDataset(self.sizes[split], seed=seed, **self.options))

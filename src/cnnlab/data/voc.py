@@ -2,6 +2,7 @@
 ``Annotations/`` and the split lists in ``ImageSets/{Segmentation,Main}/<split>.txt``.
 
 Segmentation masks are palette PNGs of class indices 0..20 with 255 on object borders (ignored, kept as 255).
+``VOCSegmentationDataModule`` serves the segmentation masks to the segmentation task.
 Annotation boxes count pixels from 1, both ends included; they become 0-based pixel edges (xmin - 1, ymin - 1,
 xmax, ymax), as detectron2 reads VOC, so that they mean what COCO's and every other reader's boxes mean.
 """
@@ -20,6 +21,7 @@ from torch.utils.data import Dataset
 from torchvision import datasets, tv_tensors
 from torchvision.datasets.voc import DATASET_YEAR_DICT
 
+from cnnlab.data.base import ImageDataModule
 from cnnlab.data.errors import DatasetFormatError, DatasetNotFoundError
 from cnnlab.data.io import read_image, read_mask
 from cnnlab.data.samples import IGNORE_INDEX
@@ -218,3 +220,106 @@ def _paired(folder: Path, stems: list[str], target_dir: str, suffix: str) -> lis
             "again, or remove their names from the split list"
         )
     return samples
+
+
+class VOCSegmentationDataModule(ImageDataModule):
+    """Pascal VOC's segmentation masks: the background and 20 classes, object borders ignored.
+
+    The training pool is the ``train_split`` list (the run's seed carves validation from it), the test set the
+    ``test_split`` list: VOC's test masks are not public, so its ``val`` list serves as the test.
+    """
+
+    targets = ("mask",)
+
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        year: str | int | None = "2012",
+        download: bool = True,
+        train_split: str = "train",
+        test_split: str = "val",
+        **kwargs: Any,
+    ) -> None:
+        kwargs.setdefault("num_classes", len(VOC_CLASSES) + 1)
+        kwargs.setdefault("in_channels", 3)
+        super().__init__(root=root, **kwargs)
+        self.year = str(year) if year is not None else None
+        self.allow_download = download
+        self.splits = {"train": train_split, "test": test_split}
+        self._set_class_names(["background", *VOC_CLASSES])
+
+    def download(self) -> None:
+        """Download and unpack VOC into ``root`` when it is missing and downloads are allowed."""
+        assert self.root is not None
+        if self.allow_download:
+            download(self.root, self.year or "2012")
+
+    def load_split(self, split: str) -> Dataset:
+        assert self.root is not None
+        return VOCSegmentationFiles(self.root, self.splits[split], channels=self.in_channels, year=self.year)
+
+
+class VOCDetectionDataModule(ImageDataModule):
+    """Pascal VOC's object boxes: 20 classes, box labels 0-based indices of ``VOC_CLASSES``.
+
+    Training uses the ``train_split`` list of ``ImageSets/Main``, testing the ``test_split`` list: VOC2012's
+    test annotations are not public, so its ``val`` list serves as the test; VOC2007 has its own
+    (``year=2007 test_split=test``, downloaded as a second archive). Validation is carved from the training
+    images by the run's seed, or is the ``val_split`` list when one is named (``train_split=train
+    val_split=val test_split=test`` on VOC2007).
+    Difficult objects keep their ``difficult`` flag (the detection task ignores them) unless
+    ``keep_difficult=false`` drops them when the annotations are read.
+    """
+
+    targets = ("boxes",)
+
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        year: str | int | None = "2012",
+        download: bool = True,
+        train_split: str = "train",
+        test_split: str = "val",
+        val_split: str | None = None,
+        keep_difficult: bool = True,
+        **kwargs: Any,
+    ) -> None:
+        kwargs.setdefault("num_classes", len(VOC_CLASSES))
+        kwargs.setdefault("in_channels", 3)
+        super().__init__(root=root, **kwargs)
+        self.year = str(year) if year is not None else None
+        self.allow_download, self.keep_difficult = download, keep_difficult
+        self.splits = {"train": train_split, "test": test_split, "val": val_split}
+        self._set_class_names(VOC_CLASSES)
+
+    def download(self) -> None:
+        """Download and unpack VOC into ``root`` when it is missing and downloads are allowed."""
+        assert self.root is not None
+        if not self.allow_download:
+            return
+        year = self.year or "2012"
+        folder = download(self.root, year)
+        if year == "2007" and "test" in self.splits.values():
+            if not (folder / "ImageSets" / "Main" / "test.txt").is_file():
+                download_2007_test(self.root)
+
+    def load_split(self, split: str) -> Dataset:
+        assert self.root is not None
+        name = self.splits[split]
+        return VOCDetectionFiles(self.root, name, self.in_channels, self.keep_difficult, self.year)
+
+    def own_validation(self) -> Dataset | None:
+        return self.load_split("val") if self.splits["val"] else None
+
+
+def download_2007_test(root: Path) -> None:
+    """Download and unpack VOC2007's test archive (its own file) into ``root``."""
+    log.info("data: downloading Pascal VOC 2007 test into %s", root)
+    try:
+        datasets.VOCDetection(str(root), year="2007", image_set="test", download=True)
+    except (OSError, RuntimeError) as err:
+        detail = " ".join(str(err).split())
+        raise DatasetNotFoundError(
+            f"VOC2007's test split is not in {root} and downloading it failed ({type(err).__name__}: "
+            f"{detail}). " + _instructions(root, "2007", "test")
+        ) from err

@@ -1,0 +1,405 @@
+"""The segmentation task: its losses and metrics skip ignored pixels, a tiny run learns, the per-class IoU
+reaches metrics.json and the log, TensorBoard gets overlays, the export gives the module's class map, and
+the presets keep every mask on its pixels."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.utils import instantiate
+from omegaconf import open_dict
+from PIL import Image
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from torch import nn
+from torchvision import tv_tensors
+
+from cnnlab import CONF_DIR
+from cnnlab.checkpoints import load_task
+from cnnlab.config import ConfigError, check_pairing
+from cnnlab.data import segmentation_presets as presets
+from cnnlab.data import transforms as T
+from cnnlab.data.samples import IGNORE_INDEX, SampleDataset
+from cnnlab.data.shapes import ShapesDataModule, ShapesDataset
+from cnnlab.serving import segmentation as serving
+from cnnlab.tasks.segmentation import SegmentationTask, class_table, cross_entropy, dice_loss, metric_names
+
+OPTIMIZER = {"_target_": "torch.optim.AdamW", "lr": 1e-3}
+# a run small enough for a test: 32 px shapes, a three-level UNet, six epochs
+TINY = [
+    "experiment=seg_shapes_unet",
+    "data.train_size=120",
+    "data.test_size=24",
+    "data.image_size=32",
+    "data.objects=[1,2]",
+    "data.object_size=[0.35,0.6]",
+    "data.batch_size=16",
+    "data.val_fraction=0.2",
+    "model.widths=[8,16,32]",
+    "optimizer.lr=0.01",
+    "trainer.max_epochs=6",
+    "trainer.log_every_n_steps=1",
+    "trainer.accelerator=cpu",
+    "callbacks.progress_bar=null",
+    "callbacks.model_summary=null",
+    "task.figure_images=3",
+]
+
+
+def compose_cfg(*overrides: str, config_name: str = "train"):
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(config_name=config_name, overrides=list(overrides))
+    GlobalHydra.instance().clear()
+    return cfg
+
+
+class Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict, list[str]]:
+    """One short run of the seg_shapes_unet recipe at a tiny size, shared by the tests below."""
+    from cnnlab.train import train
+
+    out = tmp_path_factory.mktemp("seg_run")
+    cfg = compose_cfg(*TINY)
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(out)
+        cfg.trainer.enable_progress_bar = False
+        cfg.trainer.enable_model_summary = False
+    records = Records()
+    logger = logging.getLogger("cnnlab.tasks.segmentation")
+    logger.addHandler(records)
+    logger.setLevel(logging.INFO)
+    try:
+        record = train(cfg)
+    finally:
+        logger.removeHandler(records)
+    return out, record, records.messages
+
+
+def scalars(run: Path, tag: str) -> list[float]:
+    events = EventAccumulator(str(run / "tensorboard"), size_guidance={"scalars": 0, "images": 0})
+    events.Reload()
+    return [event.value for event in events.Scalars(tag)]
+
+
+# --- a tiny run ---------------------------------------------------------------------------------------------
+
+
+def test_loss_falls_and_miou_rises(tiny_run: tuple[Path, dict, list[str]]) -> None:
+    out, record, _ = tiny_run
+    losses, mious = scalars(out, "train/loss_epoch"), scalars(out, "val/miou")
+    assert len(losses) == len(mious) == 6
+    assert losses[-1] < 0.6 * losses[0]
+    assert max(mious[-2:]) > mious[0] + 0.15
+    assert record["optimized_metric"] == "val/miou" and record["optimized_mode"] == "max"
+    assert record["best/val/miou"] == pytest.approx(max(mious))
+
+
+def test_metrics_json_has_every_metric_and_the_iou_of_each_class(
+    tiny_run: tuple[Path, dict, list[str]],
+) -> None:
+    out, record, messages = tiny_run
+    saved = json.loads((out / "metrics.json").read_text())
+    for key in ("test/miou", "test/dice", "test/pixel_acc", "val/miou", "val/dice", "val/pixel_acc"):
+        assert 0.0 <= saved[key] <= 1.0, key
+    per_class = [saved[f"test/iou/{name}"] for name in ("background", "circle", "square", "triangle")]
+    assert all(0.0 <= value <= 1.0 for value in per_class)
+    # every class is in the test images: the mean of the per-class IoUs is the mIoU
+    assert saved["test/miou"] == pytest.approx(sum(per_class) / 4, abs=1e-4)
+    table = next(m for m in messages if m.startswith("per-class IoU on the test split"))
+    lines = table.splitlines()
+    assert lines[1].split() == ["class", "IoU", "pixels"]
+    assert [line.split()[0] for line in lines[2:]] == ["background", "circle", "square", "triangle"]
+    assert float(lines[2].split()[1]) == pytest.approx(per_class[0], abs=1e-3)
+
+
+def test_tensorboard_shows_overlays_and_the_dashboard_row(tiny_run: tuple[Path, dict, list[str]]) -> None:
+    out, _, _ = tiny_run
+    events = EventAccumulator(str(out / "tensorboard"), size_guidance={"images": 0, "tensors": 0})
+    events.Reload()
+    overlays = events.Images("val/overlays")
+    assert len(overlays) == 6  # one figure per epoch, none for the sanity check
+    session = events.PluginTagToContent("hparams")["_hparams_/session_start_info"].decode("latin1")
+    assert "seg_loss" in session and "aux_weight" in session
+
+
+def test_export_gives_the_class_map_of_the_checkpoint(tiny_run: tuple[Path, dict, list[str]]) -> None:
+    out, record, _ = tiny_run
+    task = load_task(record["best_checkpoint"]).eval()
+    exported = torch.jit.load(str(out / "export" / "model.pt"))
+    assert exported.class_names == ["background", "circle", "square", "triangle"]
+    datamodule = instantiate(compose_cfg(*TINY).data, spec=SegmentationTask.samples)
+    datamodule.setup("test")
+    raw = datamodule.load_split("test")
+    for i in range(8):
+        image, _ = raw[i]
+        with torch.no_grad():
+            expected = task(datamodule.test_set[i][0].unsqueeze(0)).argmax(1)
+            got = exported(image)
+        assert torch.equal(got, expected)
+    # another size: the class map comes back at the input's size, probabilities on request
+    photo = torch.randint(0, 256, (3, 45, 71), dtype=torch.uint8)
+    assert exported(photo).shape == (1, 45, 71) and exported(photo).dtype == torch.int64
+    probs = exported.probabilities(photo)
+    assert probs.shape == (1, 4, 45, 71)
+    torch.testing.assert_close(probs.sum(1), torch.ones(1, 45, 71))
+    assert torch.equal(probs.argmax(1), exported(photo))
+
+
+def test_evaluate_reproduces_the_test_metrics(tiny_run: tuple[Path, dict, list[str]], tmp_path: Path) -> None:
+    from cnnlab.evaluate import evaluate
+
+    _, record, _ = tiny_run
+    cfg = compose_cfg(f"ckpt_path={record['best_checkpoint']}", "trainer.accelerator=cpu", config_name="eval")
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(tmp_path)
+        cfg.trainer.enable_progress_bar = False
+    metrics = evaluate(cfg)
+    for key in ("test/miou", "test/dice", "test/pixel_acc", "test/iou/circle"):
+        assert metrics[key] == pytest.approx(record[key], abs=1e-6), key
+
+
+def test_predict_writes_a_palette_mask_and_an_overlay_per_image(
+    tiny_run: tuple[Path, dict, list[str]], tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    out, _, _ = tiny_run
+    model = torch.jit.load(str(out / "export" / "model.pt"))
+    photo = ShapesDataset(1, image_size=48, seed=3)[0][0][:, :40, :]
+    paths = [tmp_path / "a" / "photo.png", tmp_path / "b" / "photo.png"]  # one name, two folders
+    args = argparse.Namespace(
+        model=out / "export" / "model.pt", out=tmp_path / "preds", alpha=0.5, probabilities=False
+    )
+    serving.show(model, [(path, photo) for path in paths], args)
+    printed = capsys.readouterr().out.splitlines()
+    assert [line.split(": ")[0] for line in printed[:2]] == [str(p) for p in paths]
+    assert printed[2] == f"masks and overlays written to {tmp_path / 'preds'}"
+    expected = model(photo)[0].numpy()
+    for stem in ("photo", "photo_2"):
+        mask = Image.open(tmp_path / "preds" / f"{stem}_mask.png")
+        overlay = Image.open(tmp_path / "preds" / f"{stem}_overlay.png")
+        assert mask.mode == "P" and overlay.mode == "RGB" and mask.size == overlay.size == (48, 40)
+        assert np.array_equal(np.asarray(mask), expected)
+    names = [name for name, _ in serving.pixel_shares(expected, model.class_names)]
+    assert printed[0].split(": ")[1].split(", ")[0].startswith(names[0])
+
+
+# --- losses and metrics -------------------------------------------------------------------------------------
+
+
+def test_cross_entropy_skips_ignored_pixels_and_survives_a_batch_of_them() -> None:
+    scores = torch.randn(2, 3, 5, 5)
+    mask = torch.randint(0, 3, (2, 5, 5))
+    mask[0, :2] = IGNORE_INDEX
+    kept = mask != IGNORE_INDEX
+    expected = F.cross_entropy(scores.permute(0, 2, 3, 1)[kept], mask[kept])
+    torch.testing.assert_close(cross_entropy(scores, mask), expected)
+    weights = torch.tensor([0.5, 1.0, 2.0])
+    weighted = F.cross_entropy(scores, mask, weight=weights, ignore_index=IGNORE_INDEX)
+    torch.testing.assert_close(cross_entropy(scores, mask, weights), weighted)
+    everything_ignored = torch.full((2, 5, 5), IGNORE_INDEX)
+    assert cross_entropy(scores, everything_ignored).item() == 0.0
+    assert dice_loss(scores, everything_ignored).isfinite()
+
+
+def test_dice_loss_is_small_when_right_large_when_wrong_and_blind_to_ignored_pixels() -> None:
+    mask = torch.zeros(1, 8, 8, dtype=torch.long)
+    mask[0, 2:6, 2:6] = 1
+    right = F.one_hot(mask, 2).permute(0, 3, 1, 2).float() * 20
+    assert dice_loss(right, mask) < 0.01
+    assert dice_loss(-right, mask) > 0.9
+    # what the network says on ignored pixels changes nothing
+    hidden = mask.clone()
+    hidden[0, :, :2] = IGNORE_INDEX
+    noisy = right.clone()
+    noisy[..., :2] = torch.randn(1, 2, 8, 2) * 20
+    torch.testing.assert_close(dice_loss(noisy, hidden), dice_loss(right, hidden))
+
+
+def quiet(task: SegmentationTask, monkeypatch: pytest.MonkeyPatch) -> SegmentationTask:
+    monkeypatch.setattr(task, "log", lambda *args, **kwargs: None)
+    monkeypatch.setattr(task, "log_dict", lambda *args, **kwargs: None)
+    return task
+
+
+@pytest.mark.parametrize("kind", ["ce", "dice", "ce+dice"])
+def test_each_loss_option_is_what_it_names(kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    net = nn.Conv2d(3, 3, 1)
+    net.output = "pixel_scores"
+    task = quiet(
+        SegmentationTask(net, 3, OPTIMIZER, loss=kind, class_weights=[1, 2, 3], figures=False), monkeypatch
+    )
+    images, mask = torch.randn(2, 3, 6, 6), torch.randint(0, 3, (2, 6, 6))
+    weights = torch.tensor([1.0, 2.0, 3.0])
+    scores = net(images)
+    parts = {"ce": cross_entropy(scores, mask, weights), "dice": dice_loss(scores, mask, weights)}
+    expected = sum(parts[name] for name in kind.split("+"))
+    torch.testing.assert_close(task.training_step((images, {"mask": mask}), 0), expected)
+
+
+class AuxNet(nn.Module):
+    """Stands for torchvision's segmenters with ``aux_loss=True``: main and auxiliary scores."""
+
+    output = "pixel_scores"
+    aux_loss = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.main, self.aux = nn.Conv2d(3, 2, 1), nn.Conv2d(3, 2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.main(x)
+
+    def forward_dict(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"out": self.main(x), "aux": self.aux(x)}
+
+
+def test_the_auxiliary_head_adds_its_weighted_loss_in_training(monkeypatch: pytest.MonkeyPatch) -> None:
+    net = AuxNet()
+    task = quiet(SegmentationTask(net, 2, OPTIMIZER, aux_weight=0.4, figures=False), monkeypatch)
+    images, mask = torch.randn(2, 3, 6, 6), torch.randint(0, 2, (2, 6, 6))
+    expected = cross_entropy(net.main(images), mask) + 0.4 * cross_entropy(net.aux(images), mask)
+    torch.testing.assert_close(task.training_step((images, {"mask": mask}), 0), expected)
+    loss = task.training_step((images, {"mask": mask}), 0)
+    loss.backward()
+    assert net.aux.weight.grad is not None and net.aux.weight.grad.abs().sum() > 0
+
+
+def test_per_class_iou_comes_from_the_confusion_matrix() -> None:
+    confusion = torch.tensor([[3, 1, 0], [0, 2, 0], [0, 0, 0]])
+    iou, table = class_table(confusion, ["background", "road", "lake"])
+    torch.testing.assert_close(iou[:2], torch.tensor([0.75, 2 / 3]))
+    assert iou[2].isnan()  # neither true nor predicted anywhere: no IoU to speak of
+    rows = table.splitlines()
+    assert rows[1].split() == ["background", "0.750", "66.7%"] and rows[3].split() == ["lake", "n/a", "0.0%"]
+    assert metric_names(["person", "potted plant", "a/b", "a b"]) == ["person", "potted_plant", "a_b", "a_b_"]
+
+
+@pytest.mark.parametrize(
+    ("options", "words"),
+    [
+        ({"loss": "focal"}, r"task.loss='focal'.*ce, dice, ce\+dice"),
+        ({"class_weights": [1.0, 2.0]}, r"task.class_weights=\[1.0, 2.0\]: give 3 non-negative weights"),
+        ({"class_weights": [1.0, -1.0, 1.0]}, "non-negative"),
+    ],
+)
+def test_bad_options_say_what_to_give(options: dict, words: str) -> None:
+    with pytest.raises(ConfigError, match=words):
+        SegmentationTask(nn.Conv2d(3, 3, 1), 3, OPTIMIZER, **options)
+
+
+def test_a_mask_beyond_num_classes_names_the_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    task = quiet(SegmentationTask(nn.Conv2d(3, 3, 1), 3, OPTIMIZER, figures=False), monkeypatch)
+    mask = torch.full((1, 4, 4), 5)
+    with pytest.raises(ConfigError, match=r"class 5 but task.num_classes=3.*set data.num_classes"):
+        task.training_step((torch.randn(1, 3, 4, 4), {"mask": mask}), 0)
+
+
+def test_pairing_names_the_models_and_datasets_that_fit() -> None:
+    with pytest.raises(ConfigError, match=r"Models for task=segmentation: deeplabv3, fcn, lraspp, unet"):
+        check_pairing(compose_cfg("task=segmentation", "data=shapes", "model=simple_cnn"))
+    with pytest.raises(
+        ConfigError, match=r"needs a class per pixel.*Datasets for task=segmentation: .*mask_folder.*shapes"
+    ):
+        check_pairing(compose_cfg("task=segmentation", "data=digits", "model=unet"))
+    check_pairing(compose_cfg("experiment=seg_shapes_unet"))
+
+
+# --- joint transforms ---------------------------------------------------------------------------------------
+
+#: a colour per class, far apart, so every pixel's colour says its class
+CLASS_COLOURS = torch.tensor([[0, 0, 0], [250, 30, 30], [30, 250, 30], [30, 30, 250]], dtype=torch.uint8)
+
+
+def painted_sample(height: int = 48, width: int = 72) -> tuple[tv_tensors.Image, dict]:
+    """Rectangles of classes 1-3 on class 0, each pixel painted in its class's colour: a known mask."""
+    mask = torch.zeros(height, width, dtype=torch.int64)
+    mask[5:30, 8:30] = 1
+    mask[20:44, 40:66] = 2
+    mask[34:46, 4:20] = 3
+    mask[8:14, 50:70] = 3
+    image = CLASS_COLOURS[mask].permute(2, 0, 1).contiguous()
+    return tv_tensors.Image(image), {"mask": tv_tensors.Mask(mask)}
+
+
+def assert_aligned(image: torch.Tensor, mask: torch.Tensor) -> None:
+    """Every pixel away from a class edge has its class's colour; padded pixels are black and ignored."""
+    colours = CLASS_COLOURS.float() / 255
+    known = mask != IGNORE_INDEX
+    # away from edges: the 5x5 neighbourhood holds one class (resizing blends colours at edges, and the
+    # crop's border may cut through such a blend, so it counts as an edge too)
+    padded = F.pad(mask[None, None].float(), (2, 2, 2, 2), value=-1.0)
+    spread = F.max_pool2d(padded, 5, 1) + F.max_pool2d(-padded, 5, 1)
+    inner = known & (spread[0, 0] == 0)
+    assert inner.sum() > 0.3 * known.sum()
+    expected = colours[mask.clamp_max(3)].permute(2, 0, 1)
+    assert (image - expected).abs().amax(0)[inner].max() < 0.08
+    assert (image[:, ~known] == 0).all()
+
+
+@pytest.mark.parametrize("seed", range(8))
+@pytest.mark.parametrize(
+    "preset",
+    [
+        partial(presets.basic, crop_size=40, padding=6, hflip=0.5, vflip=0.5),
+        partial(presets.standard, crop_size=40, scale=(0.5, 1.5), vflip=0.5, jitter=0),
+    ],
+    ids=["seg_basic", "seg_standard"],
+)
+def test_presets_keep_every_mask_on_its_pixels(preset, seed: int) -> None:
+    transform = T.train_transform(preset, 48, 48, None, None, geometry="resize")
+    dataset = SampleDataset([painted_sample()], transform, keys=("mask",))
+    torch.manual_seed(seed)
+    image, target = dataset[0]
+    mask = target["mask"].as_subclass(torch.Tensor)
+    assert image.shape == (3, 40, 40) and mask.shape == (40, 40) and mask.dtype == torch.int64
+    assert set(mask.unique().tolist()) <= {0, 1, 2, 3, IGNORE_INDEX}
+    assert_aligned(image.as_subclass(torch.Tensor), mask)
+
+
+def test_crops_larger_than_the_image_pad_with_black_and_ignored_pixels() -> None:
+    transform = T.train_transform(partial(presets.basic, crop_size=64, hflip=0), 40, 40, None, None)
+    image, target = SampleDataset([painted_sample()], transform, keys=("mask",))[0]
+    mask = target["mask"].as_subclass(torch.Tensor)
+    # the shorter side at 40 px: a 40 x 60 image inside a 64 x 64 crop
+    assert image.shape == (3, 64, 64) and (mask == IGNORE_INDEX).sum() == 64 * 64 - 40 * 60
+    assert_aligned(image.as_subclass(torch.Tensor), mask)
+
+
+def test_scale_jitter_draws_sizes_within_its_range() -> None:
+    steps = presets.standard(100, 100, scale=(0.5, 2.0))
+    sizes = set()
+    for seed in range(30):
+        torch.manual_seed(seed)
+        sizes.add(steps[0].make_params([])["size"][0])
+    assert min(sizes) >= 50 and max(sizes) <= 200 and len(sizes) > 10
+    with pytest.raises(ConfigError, match=r"augmentation.scale=\[2.0, 1.0\]"):
+        presets.standard(100, 100, scale=(2.0, 1.0))
+
+
+def test_evaluation_keeps_the_whole_image() -> None:
+    datamodule = ShapesDataModule(train_size=8, test_size=4, image_size=32, spec=SegmentationTask.samples)
+    datamodule.setup()
+    image, target = datamodule.test_set[0]
+    assert image.shape == (3, 32, 32) and target["mask"].shape == (32, 32)
+    wide = T.eval_transform(32, 32, None, None, SegmentationTask.samples.eval_geometry)
+    image, target = SampleDataset([painted_sample()], wide, keys=("mask",))[0]
+    # the shorter side at 32 px and nothing cut off: 48 x 72 becomes 32 x 48
+    assert image.shape == (3, 32, 48) and target["mask"].shape == (32, 48)
