@@ -3,7 +3,7 @@
 
 Category ids become contiguous labels 0..K-1 in increasing id order; boxes go from [x, y, w, h] to XYXY.
 Boxes with no width or height are dropped (and counted in the log); an image without annotations has no boxes.
-Instance masks (polygons, RLE) are not read.
+Instance masks (polygons, RLE) are not read. ``CocoDataModule`` serves the boxes to the detection task.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import torch
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
 
+from cnnlab.data.base import ImageDataModule
 from cnnlab.data.errors import DatasetFormatError, DatasetNotFoundError
 from cnnlab.data.io import read_image
 
@@ -148,3 +149,70 @@ def _load(path: Path) -> dict[str, Any]:
             if absent:
                 raise DatasetFormatError(f"{path}: {key}[{number}] lacks {', '.join(absent)}")
     return content
+
+
+# --- the datamodule ----------------------------------------------------------------------------------------
+
+COCO_URL = "http://images.cocodataset.org"
+
+
+class CocoDataModule(ImageDataModule):
+    """COCO-style detection: a folder of images and an instances JSON for training, another pair for testing.
+
+    Paths are relative to ``root`` (or absolute). COCO 2017 itself trains on ``train2017`` and tests on
+    ``val2017`` (the test split's annotations are not public). Validation is carved from the training images
+    by the run's seed, or is the ``val_images`` / ``val_annotations`` pair when given. Every JSON file must
+    list the same categories. Box labels are 0-based indices of ``class_names``.
+    """
+
+    targets = ("boxes",)
+
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        train_images: str = "train2017",
+        train_annotations: str = "annotations/instances_train2017.json",
+        test_images: str = "val2017",
+        test_annotations: str = "annotations/instances_val2017.json",
+        val_images: str | None = None,
+        val_annotations: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        kwargs.setdefault("in_channels", 3)
+        super().__init__(root=root, **kwargs)
+        if (val_images is None) != (val_annotations is None):
+            raise ValueError("data.val_images and data.val_annotations go together: set both or neither")
+        self.files = {
+            "train": (train_images, train_annotations),
+            "test": (test_images, test_annotations),
+            "val": (val_images, val_annotations),
+        }
+        self._categories: dict[str, list[str]] = {}
+
+    def load_split(self, split: str) -> Dataset:
+        assert self.root is not None
+        images, annotations = (self.root / part for part in self.files[split])
+        try:
+            files = CocoDetectionFiles(images, annotations, channels=self.in_channels)
+        except DatasetNotFoundError as err:
+            raise DatasetNotFoundError(
+                f"{err}. data.{split}_images and data.{split}_annotations name them (relative to data.root="
+                f"{self.root}). COCO 2017 is {COCO_URL}/zips/train2017.zip, val2017.zip and "
+                f"{COCO_URL}/annotations/annotations_trainval2017.zip, unzipped into data.root; any dataset "
+                "exported in COCO's format works the same way"
+            ) from err
+        self._categories[split] = files.class_names
+        if len(set(map(tuple, self._categories.values()))) > 1:
+            listed = "; ".join(
+                f"{split}: {len(names)}, {', '.join(names[:4])} ..."
+                for split, names in self._categories.items()
+            )
+            raise DatasetFormatError(
+                f"the annotation files list different categories ({listed}): a label would not mean the same "
+                "class in each; use files exported from the same category list"
+            )
+        self._set_class_names(files.class_names)
+        return files
+
+    def own_validation(self) -> Dataset | None:
+        return self.load_split("val") if self.files["val"][0] is not None else None

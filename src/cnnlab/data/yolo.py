@@ -5,7 +5,7 @@ from the YAML's folder), each split's images (``train``, ``val``, ``test``: a fo
 images, or a list of those) and the classes (``names``: a list or ``{index: name}``; ``nc`` optional).
 An image's labels sit where its path has ``labels`` for its last ``images`` folder and ``.txt`` for its
 suffix; each line is ``class cx cy w h`` with coordinates normalised to [0, 1]. An image without a label
-file has no objects.
+file has no objects. ``YoloDataModule`` serves the boxes to the detection task.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from torchvision import tv_tensors
 from torchvision.datasets.folder import IMG_EXTENSIONS
 from torchvision.ops import box_convert
 
+from cnnlab.data.base import ImageDataModule
 from cnnlab.data.errors import DatasetFormatError, DatasetNotFoundError
 from cnnlab.data.io import read_image
 
@@ -163,3 +164,35 @@ def _load(path: Path) -> dict[str, Any]:
     if not isinstance(config, dict):
         raise DatasetFormatError(f"{path} must be a mapping with train, val and names")
     return config
+
+
+class YoloDataModule(ImageDataModule):
+    """A YOLO detection folder described by its dataset YAML; box labels are 0-based indices of ``names``.
+
+    Training uses the YAML's ``train_split`` entry, testing its ``test_split`` entry (``val`` by default, as
+    most YOLO datasets ship no labelled ``test``). Validation is carved from the training images by the run's
+    seed, or is the ``val_split`` entry when one is named (a dataset with train, val and test).
+    """
+
+    targets = ("boxes",)
+
+    def __init__(
+        self,
+        dataset_yaml: str | os.PathLike,
+        train_split: str = "train",
+        test_split: str = "val",
+        val_split: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        kwargs.setdefault("in_channels", 3)
+        super().__init__(**kwargs)
+        self.dataset_yaml = Path(dataset_yaml).expanduser()
+        self.splits = {"train": train_split, "test": test_split, "val": val_split}
+
+    def load_split(self, split: str) -> Dataset:
+        files = YoloFolder(self.dataset_yaml, self.splits[split], channels=self.in_channels)
+        self._set_class_names(files.class_names)
+        return files
+
+    def own_validation(self) -> Dataset | None:
+        return self.load_split("val") if self.splits["val"] else None
