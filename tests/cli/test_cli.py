@@ -105,6 +105,7 @@ def test_multirun_runs_each_job_in_its_own_folder(tmp_path: Path) -> None:
     assert "## Mean +/- std over seeds" in (sweep / "results.md").read_text()
 
 
+@pytest.mark.slow
 def test_freeze_depth_sweep_runs_every_depth(tmp_path: Path) -> None:
     sweep = tmp_path / "sweep"
     args = ["-m", "finetune=partial", "finetune.freeze=0,1,2,3,all", "debug=fdr", f"hydra.sweep.dir={sweep}"]
@@ -131,6 +132,7 @@ def test_ddp_inside_a_multirun_is_refused(tmp_path: Path) -> None:
     assert "cannot run inside a sweep" in proc.stdout + proc.stderr
 
 
+@pytest.mark.slow
 def test_ddp_sim_trains_with_two_cpu_processes(tmp_path: Path) -> None:
     out = tmp_path / "ddp"
     limits = ["trainer.max_epochs=1", "trainer.limit_val_batches=2", "trainer.limit_test_batches=2"]
@@ -147,6 +149,7 @@ def test_ddp_sim_trains_with_two_cpu_processes(tmp_path: Path) -> None:
     assert (out / "checkpoints" / "best.ckpt").is_file()
 
 
+@pytest.mark.slow
 def test_resume_continues_where_an_uninterrupted_run_ends(tmp_path: Path) -> None:
     common = ["model=simple_cnn", "model.dropout=0.1", "trainer.max_epochs=3", "scheduler=cosine", *QUIET]
     straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"
@@ -166,6 +169,7 @@ def test_resume_continues_where_an_uninterrupted_run_ends(tmp_path: Path) -> Non
     assert len(events) >= 2  # the same TensorBoard folder, continued
 
 
+@pytest.mark.slow
 def test_resume_of_a_missing_run_is_a_clear_error(tmp_path: Path) -> None:
     proc = run(str(ROOT / "train.py"), f"resume={tmp_path / 'nothing'}", check=False)
     assert proc.returncode != 0 and "last.ckpt does not exist" in proc.stderr

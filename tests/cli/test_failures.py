@@ -122,6 +122,7 @@ def test_ctrl_c_marks_the_run_interrupted_with_the_command_that_resumes(tmp_path
     assert status["status"] == "interrupted" and f"python train.py resume={out}" in status["reason"]
 
 
+@pytest.mark.slow
 def test_a_run_folder_with_a_comma_resumes(tmp_path: Path) -> None:
     out = tmp_path / "lr 0.1, seed 3"
     run(TRAIN, *FAST, f"hydra.run.dir='{out}'", "export=null")

@@ -5,8 +5,6 @@ Composed by Hydra as a user's command line would; one batch of train, val and te
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 from omegaconf import open_dict
 
@@ -16,9 +14,18 @@ from cnnlab.train import train
 
 TASKS = sorted(p.stem for p in (CONF_DIR / "task").glob("*.yaml"))
 # per task: the small dataset every model of the task trains on, and the small model every dataset feeds
-SMALL = {"classification": ("digits", "mlp")}
+SMALL = {
+    "classification": ("digits", "mlp"),
+    "autoencoder": ("digits", "autoencoder_conv"),
+    "anomaly": ("digits", "autoencoder_conv"),
+    "segmentation": ("shapes", "unet"),
+    "detection": ("shapes", "fcos"),
+}
 # photo datasets run at a small size here; Inception v3 needs 75 px at least
 PHOTO_SIZE = {"image_size": 64, "resize_size": 72}
+PHOTOS = ("image_folder", "landmarks", "mvtec")
+# photos with boxes or masks keep their aspect: only their shorter side is set
+DENSE_PHOTOS = ("coco", "mask_folder", "penn_fudan", "voc_detection", "voc_segmentation", "yolo_folder")
 BIG_INPUT = {"inception_v3": {"image_size": 80, "resize_size": 88}}
 
 
@@ -47,40 +54,35 @@ def test_every_task_has_small_defaults_and_every_option_is_covered() -> None:
     assert {d for _, d in DATA_CASES} == {p.stem for p in (CONF_DIR / "data").glob("*.yaml")}
 
 
-def run_one_batch(make_cfg, data_dir: Path, task: str, model: str, data: str) -> dict:
+def run_one_batch(make_cfg, fit_small_files, task: str, model: str, data: str) -> dict:
     overrides = [f"task={task}", f"model={model}", f"data={data}", "debug=fdr", "logger=none"]
     overrides += ["data.batch_size=4", "task.figures=false"]
     cfg = make_cfg(*overrides)
     with open_dict(cfg):
-        cfg.paths.data_dir = str(data_dir)
-        cfg.callbacks = {}
-        cfg.data.num_workers = 0
-        if "download" in cfg.data:
-            cfg.data.download = False
-        if data in ("image_folder", "landmarks"):
+        fit_small_files(cfg)
+        if data in PHOTOS:
             cfg.data.update(BIG_INPUT.get(model, PHOTO_SIZE))
-            cfg.data.num_classes = 3
-        if data == "image_folder":
-            cfg.data.root = str(data_dir / "folder")
+        if data in DENSE_PHOTOS:
+            cfg.data.image_size = 48
     return train(cfg)
 
 
 @pytest.mark.parametrize(("task", "model"), MODEL_CASES, ids=lambda v: str(v))
-def test_model_trains_a_batch(make_cfg, data_dir: Path, task: str, model: str) -> None:
+def test_model_trains_a_batch(make_cfg, fit_small_files, task: str, model: str) -> None:
     data = SMALL[task][0]
     if model in BIG_INPUT:  # a network for large inputs: on photos of its size
         data = "image_folder"
-    record = run_one_batch(make_cfg, data_dir, task, model, data)
+    record = run_one_batch(make_cfg, fit_small_files, task, model, data)
     assert record["test/loss"] is not None and record["optimized_metric"]
 
 
 @pytest.mark.parametrize(("task", "data"), DATA_CASES, ids=lambda v: str(v))
-def test_dataset_feeds_a_model(make_cfg, data_dir: Path, fake_cifar_accepted, task: str, data: str) -> None:
-    record = run_one_batch(make_cfg, data_dir, task, SMALL[task][1], data)
+def test_dataset_feeds_a_model(make_cfg, fit_small_files, fake_cifar_accepted, task: str, data: str) -> None:
+    record = run_one_batch(make_cfg, fit_small_files, task, SMALL[task][1], data)
     assert record["test/loss"] is not None
 
 
-def test_a_network_too_small_for_its_input_says_what_to_do(make_cfg, data_dir: Path) -> None:
+def test_a_network_too_small_for_its_input_says_what_to_do(make_cfg, fit_small_files) -> None:
     # Hydra reports the network's own message: the minimum size and what to do
     with pytest.raises(Exception, match="at least 75 px.*resize the data"):
-        run_one_batch(make_cfg, data_dir, "classification", "inception_v3", "digits")
+        run_one_batch(make_cfg, fit_small_files, "classification", "inception_v3", "digits")
