@@ -124,7 +124,11 @@ def test_stages_go_from_fine_to_coarse(name: str) -> None:
     assert sides == sorted(sides, reverse=True) and sides[-1] < size
 
 
-@pytest.mark.parametrize("name", list(CASES))
+# full-size networks: VGG's two copies (torchvision's and ours, 138 M parameters each) take 3.5 GB at once
+FULL_SIZE = [pytest.param(name, marks=pytest.mark.slow) if name == "VGG" else name for name in CASES]
+
+
+@pytest.mark.parametrize("name", FULL_SIZE)
 def test_stages_then_head_is_torchvisions_forward(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
     case = CASES[name]
     torch.manual_seed(0)
