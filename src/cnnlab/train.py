@@ -266,8 +266,11 @@ def optimized_value(record: dict[str, Any], metric: str) -> float | None:
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
 def _hydra_main(cfg: DictConfig) -> float | None:
-    config.log_config(cfg)
     try:
+        # before the config tree is resolved for the log: a value that an interpolation checks (the metric
+        # direction of optimized_metric) would otherwise fail inside OmegaConf with a traceback
+        config.validate(cfg)
+        config.log_config(cfg)
         record = train(cfg)
     except KeyboardInterrupt:  # before fit, or between fit and test
         stop(cfg, RunInterrupted(interrupted_message(Path(cfg.paths.output_dir), None)))
