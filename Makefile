@@ -20,10 +20,10 @@ train: $(STAMP) ## train the default recipe (simple CNN on the embedded digits);
 	$(PY) train.py $(ARGS)
 
 test: $(STAMP) ## the fast test suite
-	$(PY) -m pytest -m "not slow" -n 2 $(ARGS)
+	$(PY) -m pytest -m "not slow" -n 2 --dist worksteal $(ARGS)
 
 test-all: $(STAMP) ## every test, slow ones included
-	$(PY) -m pytest -n 2 $(ARGS)
+	$(PY) -m pytest -n 2 --dist worksteal $(ARGS)
 
 sweep: $(STAMP) ## a small example multirun: 2 models x 2 optimizers on digits
 	$(PY) train.py -m model=mlp,simple_cnn optimizer=sgd,adam $(ARGS)

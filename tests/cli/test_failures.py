@@ -142,6 +142,7 @@ def test_a_failed_job_of_a_sweep_says_so_as_it_fails(tmp_path: Path) -> None:
     assert "python train.py optimizer.lr=1000000.0" in (sweep / "results.md").read_text()
 
 
+@pytest.mark.slow  # the epoch line itself: tests/training/test_epoch_log.py
 def test_a_piped_run_logs_a_line_per_epoch(tmp_path: Path) -> None:
     out = tmp_path / "run"
     proc = run(

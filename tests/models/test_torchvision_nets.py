@@ -4,6 +4,7 @@ torchvision's own forward, and their model configs match their constructors."""
 from __future__ import annotations
 
 import inspect
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -78,6 +79,13 @@ def small_model(name: str, in_channels: int) -> Classifier:
     torch.manual_seed(0)
     case = CASES[name]
     return case.cls(num_classes=NUM_CLASSES, in_channels=in_channels, **case.small)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def free_the_small_models() -> Iterator[None]:
+    """The cached models (VGG's among them: 2 GB in all) are freed when this module's tests are done."""
+    yield
+    small_model.cache_clear()
 
 
 def test_every_architecture_has_a_case() -> None:
