@@ -23,7 +23,9 @@ from cnnlab.finetune import StageFreezer, parameter_groups
 from cnnlab.models import detectors
 from cnnlab.models.base import OUTPUTS
 from cnnlab.models.detectors import FCOS, Detector, RetinaNet, SSDLite
-from cnnlab.models.weights import WeightsNotFoundError, hub_file, torchvision_weights
+from cnnlab.models.weights import WeightsNotFoundError
+
+from .hub import place_in_hub_cache
 
 K = 3
 CLASSES = {"RetinaNet": RetinaNet, "FCOS": FCOS, "SSDLite": SSDLite}
@@ -32,19 +34,6 @@ LOSSES = {
     "FCOS": {"classification", "bbox_regression", "bbox_ctrness"},
     "SSDLite": {"classification", "bbox_regression"},
 }
-
-
-def place_in_hub_cache(arch: str, name: str, **builder_kwargs: Any) -> dict[str, Tensor]:
-    """Write torchvision's ``arch`` network's state dict where torch hub keeps the weights ``name``."""
-    path = hub_file(torchvision_weights(arch, name))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    builder = tvm.get_model_builder(arch)
-    if "weights_backbone" in inspect.signature(builder).parameters:
-        builder_kwargs.setdefault("weights_backbone", None)  # builders default to ImageNet: a download
-    torch.manual_seed(1)
-    state = builder(weights=None, **builder_kwargs).state_dict()
-    torch.save(state, path)
-    return state
 
 
 def build(name: str, **kwargs: Any) -> Detector:

@@ -21,7 +21,9 @@ from cnnlab.models import segmenters
 from cnnlab.models.base import OUTPUTS
 from cnnlab.models.segmenters import FCN, LRASPP, DeepLabV3, Segmenter
 from cnnlab.models.torchvision_nets import MobileNetV3
-from cnnlab.models.weights import WeightsNotFoundError, hub_file, torchvision_weights
+from cnnlab.models.weights import WeightsNotFoundError
+
+from .hub import place_in_hub_cache
 
 K = 3
 #: every architecture, with its class (the ResNet-101 variants differ from the ResNet-50 ones in depth only)
@@ -32,19 +34,6 @@ ARCHS = {
     "lraspp_mobilenet_v3_large": LRASPP,
 }
 LIGHT = ["deeplabv3_mobilenet_v3_large", "lraspp_mobilenet_v3_large"]
-
-
-def place_in_hub_cache(arch: str, name: str, **builder_kwargs: Any) -> dict[str, torch.Tensor]:
-    """Write torchvision's ``arch`` network's state dict where torch hub keeps the weights ``name``."""
-    path = hub_file(torchvision_weights(arch, name))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    builder = tvm.get_model_builder(arch)
-    if "weights_backbone" in inspect.signature(builder).parameters:
-        builder_kwargs.setdefault("weights_backbone", None)  # builders default to ImageNet: a download
-    torch.manual_seed(1)
-    state = builder(weights=None, **builder_kwargs).state_dict()
-    torch.save(state, path)
-    return state
 
 
 def build(arch: str, **kwargs: Any) -> Segmenter:
