@@ -309,7 +309,7 @@ def test_a_mask_beyond_num_classes_names_the_setting(monkeypatch: pytest.MonkeyP
     task = quiet(SegmentationTask(nn.Conv2d(3, 3, 1), 3, OPTIMIZER, figures=False), monkeypatch)
     mask = torch.full((1, 4, 4), 5)
     with pytest.raises(ConfigError, match=r"class 5 but task.num_classes=3.*set data.num_classes"):
-        task.training_step((torch.randn(1, 3, 4, 4), {"mask": mask}), 0)
+        task.on_before_batch_transfer((torch.randn(1, 3, 4, 4), {"mask": mask}), 0)
 
 
 def test_pairing_names_the_models_and_datasets_that_fit() -> None:

@@ -11,30 +11,24 @@ import torch
 from PIL import Image
 from torch import Tensor, nn
 
-from cnnlab.data.transforms import Preprocess
+from cnnlab.serving import classification
 
 OUTPUT = "the reconstruction in [0, 1] of each preprocessed image (N, C, image_size, image_size)"
 
 
-class Exported(nn.Module):
-    """Scale to [0, 1] and shape as in evaluation, then the autoencoder: its reconstruction of each image."""
+class Exported(classification.Exported):
+    """Scale to [0, 1] and shape as in evaluation, then the autoencoder: its reconstruction of each image.
+
+    The classifier's wrapper with another output: the same preprocessing (the contract has no mean and std:
+    the network reconstructs images in [0, 1]) and contract attributes, and the mode.
+    """
 
     # class-level annotations (real types, not postponed strings): TorchScript types the attributes from them
-    serving: str
-    class_names: list[str]
-    in_channels: int
-    image_size: int
     mode: str
 
     def __init__(self, net: nn.Module, contract: dict[str, Any]) -> None:
-        super().__init__()
-        # the network reconstructs images in [0, 1]: the contract has no mean and std
-        self.preprocess = Preprocess.from_contract(contract, "crop")
-        self.net = net
+        super().__init__(net, contract)
         self.serving = __name__
-        self.class_names = list(contract["class_names"])
-        self.in_channels = int(contract["in_channels"])
-        self.image_size = int(contract["image_size"])
         self.mode = str(contract.get("mode", "reconstruct"))
 
     def forward(self, images: Tensor) -> Tensor:

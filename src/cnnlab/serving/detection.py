@@ -20,7 +20,7 @@ from torchvision.transforms.v2 import functional as F
 from torchvision.utils import draw_bounding_boxes
 
 from cnnlab.data.io import to_unit_range
-from cnnlab.data.transforms import Preprocess
+from cnnlab.serving import classification
 
 INPUT = "one image (C,H,W) of any size: uint8, uint16 (16-bit files) or float in [0, 1]"
 OUTPUT = (
@@ -42,24 +42,19 @@ PALETTE = [
 ]
 
 
-class Exported(nn.Module):
-    """Scale to [0, 1], the detector (which resizes and maps boxes back), and the score threshold."""
+class Exported(classification.Exported):
+    """Scale to [0, 1], the detector (which resizes and maps boxes back), and the score threshold.
+
+    The classifier's wrapper with another output: the same preprocessing (the contract's geometry is
+    ``none`` and it has no mean and std: detectors resize and normalise by themselves) and attributes.
+    """
 
     # class-level annotations (real types, not postponed strings): TorchScript types the attributes from them
-    serving: str
-    class_names: list[str]
-    in_channels: int
-    image_size: int
     score_threshold: float
 
     def __init__(self, net: nn.Module, contract: dict[str, Any]) -> None:
-        super().__init__()
-        self.preprocess = Preprocess.from_contract(contract, "none")
-        self.net = net
+        super().__init__(net, contract)
         self.serving = __name__
-        self.class_names = list(contract["class_names"])
-        self.in_channels = int(contract["in_channels"])
-        self.image_size = int(contract["image_size"])
         self.score_threshold = float(contract.get("score_threshold", 0.5))
 
     def forward(self, image: Tensor, threshold: float | None = None) -> dict[str, Tensor]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import importlib
 import logging
+import warnings
 from typing import Any, ClassVar
 
 import lightning.pytorch as L
@@ -25,6 +26,11 @@ from torch import Tensor, nn
 from cnnlab import finetune
 from cnnlab.data.samples import SampleSpec
 from cnnlab.errors import CnnlabError
+
+# Lightning warns at every fit that a task's batch-transfer hook (classification mixes batches after the
+# transfer, segmentation checks masks before it) runs rather than the datamodule's; cnnlab's datamodules
+# define none, so there is nothing to choose between
+warnings.filterwarnings("ignore", message=r"You have overridden `on_(before|after)_batch_transfer` in `Light")
 
 log = logging.getLogger(__name__)
 

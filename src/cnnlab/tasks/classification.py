@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
 from typing import Any
 
 import lightning.pytorch as L
@@ -16,10 +15,6 @@ from cnnlab.data.mixing import batch_mix
 from cnnlab.data.samples import SampleSpec, label_collate
 from cnnlab.figures.classification import ClassificationFigures
 from cnnlab.tasks.base import BaseTask
-
-# Lightning warns at every fit that the module's on_after_batch_transfer runs rather than the datamodule's;
-# cnnlab's datamodules define none, so there is nothing to choose between
-warnings.filterwarnings("ignore", message="You have overridden `on_after_batch_transfer`")
 
 
 class ClassificationTask(BaseTask):

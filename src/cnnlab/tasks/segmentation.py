@@ -100,7 +100,6 @@ class SegmentationTask(BaseTask):
 
     def loss(self, scores: Tensor, mask: Tensor) -> Tensor:
         """The configured loss of class scores (N, K, H, W) for a mask (N, H, W); ignored pixels skipped."""
-        self._check_mask(mask)
         kind = self.hparams.loss
         total = scores.new_zeros(())
         if kind in ("ce", "ce+dice"):
@@ -108,6 +107,13 @@ class SegmentationTask(BaseTask):
         if kind in ("dice", "ce+dice"):
             total = total + dice_loss(scores, mask, self.class_weights)
         return total
+
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        # checked on the CPU, before the batch reaches the device: on a GPU the same check in the step would
+        # wait for the device every batch
+        if isinstance(batch, (tuple, list)) and len(batch) > 1 and "mask" in batch[1]:
+            self._check_mask(batch[1]["mask"])
+        return batch
 
     def _check_mask(self, mask: Tensor) -> None:
         wrong = mask[(mask >= self.num_classes) & (mask != IGNORE_INDEX)]
