@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 ARGS   ?=
 STAMP  := $(VENV)/.installed
 
-.PHONY: install train test test-all sweep search transfer-demo eval export predict tensorboard lint format clean
+.PHONY: install train test test-all sweep search transfer-demo eval export predict app bench-serving tensorboard lint format clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -37,11 +37,17 @@ transfer-demo: $(STAMP) ## offline transfer learning on translated digits: 0-4 p
 eval: $(STAMP) ## evaluate a checkpoint: make eval CKPT=outputs/.../checkpoints/best.ckpt
 	$(PY) -m cnnlab.evaluate ckpt_path=$(CKPT) $(ARGS)
 
-export: $(STAMP) ## export a checkpoint to TorchScript: make export CKPT=... [OUT=dir]
-	$(PY) -m cnnlab.export $(CKPT) $(if $(OUT),--out $(OUT),)
+export: $(STAMP) ## export a checkpoint: make export CKPT=... [FORMATS=pt2,onnx,torchscript] [OUT=dir]
+	$(PY) -m cnnlab.export $(CKPT) $(if $(FORMATS),--formats $(FORMATS),) $(if $(OUT),--out $(OUT),)
 
-predict: $(STAMP) ## top-k classes for images: make predict MODEL=export/model.pt IMAGES="a.png b.jpg"
-	$(PY) -m cnnlab.predict $(MODEL) $(IMAGES)
+predict: $(STAMP) ## predictions for images: make predict MODEL=<run>/export IMAGES="a.png b.jpg" [ARGS=--json]
+	$(PY) -m cnnlab.predict $(MODEL) $(IMAGES) $(ARGS)
+
+app: $(STAMP) ## serve the best export under outputs/ (or MODEL=...) at http://127.0.0.1:8000
+	$(PY) -m cnnlab.app.server $(MODEL) $(ARGS)
+
+bench-serving: $(STAMP) ## export time, file size and time per prediction of every format and task
+	$(PY) scripts/bench_serving.py $(ARGS)
 
 tensorboard: $(STAMP) ## TensorBoard over every run under outputs/
 	$(VENV)/bin/tensorboard --logdir outputs --bind_all

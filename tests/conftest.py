@@ -42,6 +42,10 @@ def make_cfg(tmp_path: Path) -> Callable[..., DictConfig]:
             cfg.trainer.enable_model_summary = False
             for key in ("progress_bar", "model_summary"):
                 (cfg.get("callbacks") or {}).pop(key, None)
+            if cfg.get("export") and not any(o.startswith(("export", "+export")) for o in overrides):
+                # one format, the quickest to write: the tests of export (tests/serving, the tasks' export
+                # tests, the command lines) ask for every format they check
+                cfg.export.formats = ["torchscript"]
         return cfg
 
     yield _make

@@ -122,6 +122,20 @@ def check_pairing(cfg: DictConfig) -> None:
             f"data={picked.get('data', data_cls.__name__)} does not have.{hint} "
             f"Datasets for task={task}: {', '.join(fitting) or 'none'}."
         )
+    check_anomalies_left(cfg, task_cls)
+
+
+def check_anomalies_left(cfg: DictConfig, task_cls: type) -> None:
+    """Refuse labelled data whose every class is called normal: nothing would be left to detect or test on."""
+    normal, count = cfg.data.get("normal_classes"), cfg.data.get("num_classes")
+    if "anomaly" not in task_cls.samples.needs or normal is None or not isinstance(count, int):
+        return
+    if set(range(count)) <= {int(c) for c in normal}:
+        raise ConfigError(
+            f"data.normal_classes={list(normal)} names every one of the {count} classes normal: the test "
+            "split would hold no anomalies, so no AUROC could be measured and no threshold tested. Name the "
+            "normal classes only, e.g. data.normal_classes=[0]; the others are the anomalies."
+        )
 
 
 @dataclass(frozen=True)
@@ -218,6 +232,22 @@ def validate(cfg: DictConfig) -> None:
     check_values(cfg)
     check_pairing(cfg)
     _metric_mode(cfg.task._target_, str(cfg.optimized_metric))
+    check_export(cfg.get("export"))
+
+
+def check_export(export: Any) -> None:
+    """``export``: null, or ``formats`` naming one or more of the export formats."""
+    from cnnlab.export import check_formats
+
+    if export is None:
+        return
+    unknown = sorted(set(export) - {"formats"})
+    if unknown:
+        raise ConfigError(
+            f"export.{unknown[0]} is not an export option; export takes formats (or export=null)"
+        )
+    chosen = export.get("formats")
+    check_formats([chosen] if isinstance(chosen, str) else list(chosen or []))
 
 
 def _metric_mode(task_target: str, metric: str) -> str:
@@ -276,3 +306,37 @@ def _job_cpus(num_workers: int) -> int:
 # `${job_gpus:}`, `${job_cpus:${data.num_workers}}`: what each job of a parallel sweep asks its launcher for
 OmegaConf.register_new_resolver("job_gpus", _job_gpus, replace=True)
 OmegaConf.register_new_resolver("job_cpus", _job_cpus, replace=True)
+
+
+def ddp_in_sweep(strategies: list[str], launcher: str) -> str | None:
+    """Why a sweep whose jobs would use one of ``strategies`` cannot run, or None.
+
+    Under Slurm (``hydra/launcher=slurm``) Slurm starts every rank itself and Lightning reads its environment,
+    so a job of a sweep may use DDP across GPUs and nodes there.
+    """
+    ddp = [s for s in strategies if "ddp" in s and s != "ddp_notebook"]
+    if not ddp or launcher.endswith("SlurmLauncher"):
+        return None
+    return (
+        f"trainer.strategy={ddp[0]} inside a multirun (-m): DDP re-launches train.py and cannot run inside "
+        "a sweep. Sweep with one device per job (trainer=default or trainer=gpu; hydra/launcher=ray runs one "
+        "job per GPU side by side), run a single job with trainer=ddp to use every GPU, or launch through "
+        "Slurm (hydra/launcher=slurm), which starts each rank itself."
+    )
+
+
+def sweep_strategies(cfg: DictConfig) -> list[str]:
+    """Every trainer strategy the jobs of a sweep would use: the composed one and those of swept options."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    found = [str(cfg.trainer.get("strategy", "auto"))]
+    for override in OverridesParser.create().parse_overrides(list(cfg.hydra.overrides.task)):
+        key = override.get_key_element()
+        values = [str(v) for v in override.sweep_string_iterator()] if override.is_sweep_override() else []
+        if key == "trainer":
+            for option in values:
+                path = CONF_DIR / "trainer" / f"{option}.yaml"
+                found.append(str(OmegaConf.load(path).get("strategy", "auto")) if path.is_file() else "auto")
+        elif key == "trainer.strategy":
+            found += values
+    return found

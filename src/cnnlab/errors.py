@@ -5,6 +5,8 @@ exception is a bug and keeps its traceback. Nothing is imported here, so light m
 can raise them.
 """
 
+import re
+
 
 class CnnlabError(Exception):
     """A problem with what the user gave cnnlab; the message names the key or file and the fix."""
@@ -32,3 +34,26 @@ class ClassCountError(ConfigError):
     def __init__(self, message: str, found: list[str]) -> None:
         super().__init__(message)
         self.found = found
+
+
+#: how torch re-raises an exception from a DataLoader worker: its name, then the worker's whole traceback
+_WORKER = re.compile(r"\ACaught (\w+) in DataLoader worker process \d+\.\nOriginal Traceback")
+
+
+def _names(cls: type) -> set[str]:
+    return {cls.__name__}.union(*(_names(sub) for sub in cls.__subclasses__()))
+
+
+def unwrap_worker_error(err: BaseException) -> CnnlabError | None:
+    """The cnnlab error that ``err`` is, with its own message: torch re-raises an error of a DataLoader
+    worker with the worker's traceback as its message (or as a RuntimeError, when the error's class takes
+    other arguments). None when ``err`` is no cnnlab error."""
+    text = str(err)
+    found = _WORKER.match(text)
+    if found is None or found.group(1) not in _names(CnnlabError):
+        return err if isinstance(err, CnnlabError) else None
+    # the traceback ends with "module.Name: message", the message perhaps on several lines
+    last = list(re.finditer(rf"^(?:[\w.]+\.)?{found.group(1)}: ", text, flags=re.MULTILINE))[-1]
+    mistake = (type(err) if isinstance(err, CnnlabError) else CnnlabError)(text[last.end() :].strip())
+    mistake.__cause__ = err  # the worker's traceback stays in the run's log
+    return mistake

@@ -16,7 +16,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from cnnlab import CONF_DIR, checkpoints, config, runs
-from cnnlab.errors import ClassCountError, CnnlabError, ConfigError
+from cnnlab.errors import ClassCountError, CnnlabError, ConfigError, unwrap_worker_error
 
 log = logging.getLogger(__name__)
 
@@ -70,9 +70,12 @@ def check_classes(datamodule: Any, trained: list[str] | None, ckpt_path: Path) -
 def _hydra_main(cfg: DictConfig) -> None:
     try:
         evaluate(cfg)
-    except CnnlabError as err:
+    except (CnnlabError, RuntimeError) as err:
+        mistake = unwrap_worker_error(err)  # a DataLoader worker's error comes wrapped in its traceback
+        if mistake is None:
+            raise
         config.file_log().error("evaluation stopped", exc_info=err)
-        sys.exit(f"cnnlab-eval: {err}")
+        sys.exit(f"cnnlab-eval: {mistake}")
 
 
 def data_overrides(argv: list[str]) -> list[str]:

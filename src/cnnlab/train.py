@@ -26,7 +26,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from cnnlab import CONF_DIR, config, runs
 from cnnlab.checkpoint_io import AtomicCheckpointIO
-from cnnlab.errors import CnnlabError, RunInterrupted
+from cnnlab.errors import CnnlabError, RunInterrupted, unwrap_worker_error
 from cnnlab.tasks.base import BaseTask
 
 log = logging.getLogger(__name__)
@@ -45,6 +45,8 @@ def build(cfg: DictConfig) -> tuple[L.LightningDataModule, BaseTask]:
     with config.explained("model"):
         net = instantiate(cfg.model)
     adopt_weights_normalization(cfg, net)
+    with config.explained("task"):
+        make_task(cfg, net)  # its options are checked before any data is read; built again once it is
     with config.explained("data"):
         # partial, then a call with the objects: Hydra would turn them into configs
         datamodule = instantiate(cfg.data, _partial_=True)(
@@ -58,17 +60,22 @@ def build(cfg: DictConfig) -> tuple[L.LightningDataModule, BaseTask]:
             mean, std = datamodule.statistics()
             with open_dict(cfg):
                 cfg.data.mean, cfg.data.std = list(mean), list(std)
+    with config.explained("task"):
+        task = make_task(cfg, net)
+    return datamodule, task
+
+
+def make_task(cfg: DictConfig, net: Any) -> BaseTask:
+    """The task ``cfg`` describes, around ``net``, with the run's config as it stands."""
     # plain values for the task: Hydra would wrap dict arguments in DictConfig, which checkpoints then
     # pickle and torch's weights_only loading refuses
-    with config.explained("task"):
-        task = instantiate(cfg.task, _partial_=True)(
-            net=net,
-            optimizer=OmegaConf.to_container(cfg.optimizer, resolve=True),
-            scheduler=OmegaConf.to_container(cfg.scheduler, resolve=True),
-            finetune_cfg=OmegaConf.to_container(cfg.finetune, resolve=True),
-            run_config=OmegaConf.to_container(cfg, resolve=True),
-        )
-    return datamodule, task
+    return instantiate(cfg.task, _partial_=True)(
+        net=net,
+        optimizer=OmegaConf.to_container(cfg.optimizer, resolve=True),
+        scheduler=OmegaConf.to_container(cfg.scheduler, resolve=True),
+        finetune_cfg=OmegaConf.to_container(cfg.finetune, resolve=True),
+        run_config=OmegaConf.to_container(cfg, resolve=True),
+    )
 
 
 def adopt_weights_normalization(cfg: DictConfig, net: Any) -> None:
@@ -102,9 +109,15 @@ warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` i
 warnings.filterwarnings("ignore", message=r"\s*'hydra/launcher/ray' is validated against ConfigStore schema")
 
 
+def make_callbacks(cfg: DictConfig) -> list[L.Callback]:
+    """The callbacks the config names."""
+    return [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
+
+
 def make_trainer(cfg: DictConfig) -> L.Trainer:
     """The Trainer with the run's callbacks and loggers; checkpoints are written whole or not at all."""
-    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
+    with config.explained("callbacks"):
+        callbacks = make_callbacks(cfg)
     options: dict[str, Any] = {}
     if not sys.stdout.isatty():
         # logs piped to a file or a cluster job's output: the epoch lines of EpochLog, not a redrawn bar
@@ -123,22 +136,14 @@ def make_trainer(cfg: DictConfig) -> L.Trainer:
 
 
 def refuse_ddp_in_multirun(cfg: DictConfig) -> None:
-    """DDP re-launches the script, which a Hydra sweep cannot survive: say so before anything starts.
-
-    Under Slurm (``hydra/launcher=slurm``) Slurm starts every rank itself and Lightning reads its environment,
-    so a job of a sweep may use DDP across GPUs and nodes there.
-    """
+    """DDP re-launches the script, which a Hydra sweep cannot survive: say so (the sweep's start refuses it
+    before any job; this is for a job started some other way)."""
     if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
         return
-    strategy = str(cfg.trainer.get("strategy", "auto"))
     launcher = str(HydraConfig.get().launcher.get("_target_", ""))
-    if "ddp" in strategy and strategy != "ddp_notebook" and not launcher.endswith("SlurmLauncher"):
-        raise config.ConfigError(
-            f"trainer.strategy={strategy} inside a multirun (-m): DDP re-launches train.py and cannot run "
-            "inside a sweep. Sweep with one device per job (trainer=default or trainer=gpu; "
-            "hydra/launcher=ray runs one job per GPU side by side), run a single job with trainer=ddp to use "
-            "every GPU, or launch through Slurm (hydra/launcher=slurm), which starts each rank itself."
-        )
+    problem = config.ddp_in_sweep([str(cfg.trainer.get("strategy", "auto"))], launcher)
+    if problem:
+        raise config.ConfigError(problem)
 
 
 def hparams_for_dashboard(cfg: DictConfig, task: BaseTask) -> dict[str, Any]:
@@ -168,8 +173,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         config.validate(cfg)  # before anything runs: seeding, reading data, building the network
     L.seed_everything(cfg.seed, workers=True)
     output_dir = Path(cfg.paths.output_dir)
+    with config.explained("callbacks"):
+        make_callbacks(cfg)  # their options are checked before any data is read
     datamodule, task = build(cfg)
-    trainer = make_trainer(cfg)
+    with config.explained("trainer"):
+        trainer = make_trainer(cfg)
 
     if cfg.get("tuner", {}).get("lr_find"):
         from cnnlab.tuning import find_learning_rate
@@ -204,11 +212,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "optimized_metric": metric,
         "optimized_mode": task.metric_mode(metric),
     }
+    # written before the export: a failed export never loses a trained run
+    final = final_metrics(metrics, trainer)
+    record = runs.write_metrics(output_dir / "metrics.json", final, extra)
     if best and cfg.get("export"):
-        from cnnlab.export import export_checkpoint
-
-        extra["export"] = str(export_checkpoint(best, output_dir / "export", **cfg.export))
-    record = runs.write_metrics(output_dir / "metrics.json", final_metrics(metrics, trainer), extra)
+        extra.update(export_run(best, output_dir / "export", cfg, datamodule))
+        record = runs.write_metrics(output_dir / "metrics.json", final, extra)
     scores = {
         f"hp/{k.replace('/', '_')}": v
         for k, v in record.items()
@@ -223,6 +232,23 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     log.info("metrics: %s", {k: round(v, 4) for k, v in record.items() if isinstance(v, float)})
     log.info("run folder: %s", output_dir)
     return record
+
+
+def export_run(best: Path, folder: Path, cfg: DictConfig, datamodule: Any) -> dict[str, Any]:
+    """Export the best checkpoint, verified on validation images; what metrics.json records of it."""
+    from cnnlab.export import export_checkpoint, summary
+
+    chosen = cfg.export.get("formats")
+    picked = [chosen] if isinstance(chosen, str) else list(chosen)
+    try:
+        described = export_checkpoint(best, folder, picked, datamodule.sample_images())
+    except CnnlabError as err:
+        log.error("export failed: %s", err)
+        return {"export": None, "export_error": str(err)}
+    for line in summary(described):
+        log.info("export: %s", line)
+    written = {fmt: info.get("file") for fmt, info in described["formats"].items() if "error" not in info}
+    return {"export": str(folder) if written else None, "export_files": written}
 
 
 @contextlib.contextmanager
@@ -274,8 +300,12 @@ def _hydra_main(cfg: DictConfig) -> float | None:
         record = train(cfg)
     except KeyboardInterrupt:  # before fit, or between fit and test
         stop(cfg, RunInterrupted(interrupted_message(Path(cfg.paths.output_dir), None)))
-    except CnnlabError as err:
-        stop(cfg, err)
+    except (CnnlabError, RuntimeError) as err:
+        # a cnnlab error from a DataLoader worker comes back wrapped in the worker's traceback
+        mistake = unwrap_worker_error(err)
+        if mistake is None:
+            raise
+        stop(cfg, mistake)
     return optimized_value(record, str(cfg.optimized_metric)) if record else None
 
 

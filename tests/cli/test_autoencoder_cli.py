@@ -6,25 +6,22 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
 from tasks.test_autoencoder import write_digits
 
-from .test_cli import QUIET, ROOT, run
+from cnnlab.data.io import read_image
+from cnnlab.serving import runtime
 
-#: runs predict as the console script does, then reports whether training code was imported
-PREDICT = (
-    "import sys; from cnnlab.predict import main; sys.argv = ['cnnlab-predict', *sys.argv[1:]]\n"
-    "try:\n    main()\n"
-    "finally:\n"
-    "    print('loaded:', sorted(m for m in ('lightning', 'hydra', 'cnnlab.train') if m in sys.modules))"
-)
+from .test_cli import PREDICT, QUIET, ROOT, run
 
 
 @pytest.fixture(scope="module")
 def anomaly_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """`python train.py experiment=ae_anomaly_digits` (zeros are normal), five epochs."""
+    """`python train.py experiment=ae_anomaly_digits` (zeros are normal), five epochs, exported to TorchScript
+    (every format: tests/tasks/test_anomaly.py)."""
     out = tmp_path_factory.mktemp("anomaly_cli") / "run"
     run(
         str(ROOT / "train.py"),
@@ -33,6 +30,7 @@ def anomaly_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "data.val_anomalies=0",
         "optimized_metric=val/loss",
         "trainer.max_epochs=5",
+        "export.formats=[torchscript]",
         f"hydra.run.dir={out}",
         *QUIET,
     )
@@ -66,6 +64,14 @@ def test_predict_sorts_a_folder_by_score_and_flags_the_anomalies(anomaly_run: Pa
     )
     maps = sorted((tmp_path / "maps").glob("*.png"))
     assert len(maps) == 7 and Image.open(maps[0]).size == (16, 16)  # the model's image size
+    # each map is the root of the squared error on one scale, 0 black and 1 white, not stretched per image
+    model = runtime.load(anomaly_run / "export" / "model.pt")
+    for path in images[:1] + images[-1:]:
+        (error,) = model(runtime.as_batch(read_image(path, 1), 1))["maps"]
+        with Image.open(tmp_path / "maps" / f"{path.stem}.png") as picture:
+            pixels = np.asarray(picture)
+        assert picture.mode == "L" and pixels.max() < 255
+        np.testing.assert_allclose(pixels, (error.clamp(0, 1).sqrt() * 255).numpy(), atol=1.0)
 
 
 def test_predict_with_a_threshold_of_ones_own(anomaly_run: Path, tmp_path: Path) -> None:
@@ -73,7 +79,7 @@ def test_predict_with_a_threshold_of_ones_own(anomaly_run: Path, tmp_path: Path)
     proc = run(
         "-m",
         "cnnlab.predict",
-        str(anomaly_run / "export" / "model.pt"),
+        str(anomaly_run / "export"),
         *map(str, images),
         "--threshold",
         "0",
@@ -82,12 +88,21 @@ def test_predict_with_a_threshold_of_ones_own(anomaly_run: Path, tmp_path: Path)
 
 
 def test_export_cli_carries_the_threshold(anomaly_run: Path, tmp_path: Path) -> None:
-    proc = run("-m", "cnnlab.export", str(anomaly_run / "checkpoints" / "best.ckpt"), "--out", str(tmp_path))
-    assert "exported" in proc.stdout
+    ckpt = anomaly_run / "checkpoints" / "best.ckpt"
+    proc = run("-m", "cnnlab.export", str(ckpt), "--out", str(tmp_path), "--formats", "torchscript")
+    assert proc.stdout.startswith("torchscript ") and f"exported to {tmp_path}" in proc.stdout
     contract = json.loads((tmp_path / "model.json").read_text())
     metrics = json.loads((anomaly_run / "metrics.json").read_text())
     assert contract["task"] == "anomaly" and contract["threshold"] == pytest.approx(metrics["test/threshold"])
-    assert contract["output"].startswith("(scores (N,), maps")
+    assert (
+        contract["outputs"] == ["scores", "maps", "anomalous"]
+        and "threshold" in contract["output"]["anomalous"]
+    )
+    # the file carries it too, and decides by it
+    model = runtime.load(tmp_path / "model.pt")
+    assert model.contract["threshold"] == contract["threshold"]
+    outputs = model(torch.rand(3, 1, 16, 16))
+    assert torch.equal(outputs["anomalous"], outputs["scores"] >= contract["threshold"])
 
 
 @pytest.mark.slow
@@ -95,7 +110,7 @@ def test_resume_of_a_denoising_anomaly_run_ends_where_an_uninterrupted_one_does(
     # denoising draws noise every training batch: the resumed run must draw what the straight one did
     common = ["experiment=ae_anomaly_digits", "task.mode=denoise", "trainer.max_epochs=3", *QUIET]
     straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"
-    run(str(ROOT / "train.py"), *common, f"hydra.run.dir={straight}")
+    run(str(ROOT / "train.py"), *common, f"hydra.run.dir={straight}", "export=null")
     run(str(ROOT / "train.py"), *common, "trainer.max_steps=6", f"hydra.run.dir={interrupted}", "export=null")
     first = torch.load(interrupted / "checkpoints" / "last.ckpt", weights_only=True)
     assert first["epoch"] == 1 and first["global_step"] == 6  # two epochs of three batches

@@ -8,15 +8,28 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
+from torchvision import tv_tensors
 
-from cnnlab.checkpoints import read_checkpoint
+from cnnlab.checkpoints import load_task, read_checkpoint
 from cnnlab.data.digits import DigitsDataModule
+from cnnlab.data.io import read_image
+from cnnlab.data.transforms import eval_transform
 
 ROOT = Path(__file__).resolve().parents[2]
 QUIET = ["callbacks.progress_bar=null", "callbacks.model_summary=null", "trainer.accelerator=cpu"]
+#: runs predict as the console script does (its arguments after the code), then says whether training code
+#: was imported
+PREDICT = (
+    "import sys; from cnnlab.predict import main; sys.argv = ['cnnlab-predict', *sys.argv[1:]]\n"
+    "try:\n    main()\n"
+    "finally:\n"
+    "    print('loaded:', sorted(m for m in ('lightning', 'hydra', 'cnnlab.train') if m in sys.modules))"
+)
+FORMAT_FILES = ["model.pt2", "model.onnx", "model.pt"]
 
 
 def run(*args: str, cwd: Path = ROOT, check: bool = True) -> subprocess.CompletedProcess:
@@ -32,7 +45,7 @@ def run(*args: str, cwd: Path = ROOT, check: bool = True) -> subprocess.Complete
 
 @pytest.fixture(scope="module")
 def cli_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """`python train.py` for two epochs, through the real entry point."""
+    """`python train.py` for two epochs, through the real entry point (exported in every format)."""
     out = tmp_path_factory.mktemp("cli") / "run"
     run(str(ROOT / "train.py"), "trainer.max_epochs=2", f"hydra.run.dir={out}", *QUIET)
     return out
@@ -44,35 +57,89 @@ def test_train_cli_writes_a_run_folder(cli_run: Path) -> None:
     ).is_file()
     metrics = json.loads((cli_run / "metrics.json").read_text())
     assert metrics["epochs"] == 2 and 0 < metrics["test/acc"] <= 1
-    assert Path(metrics["export"]).is_file()
+    assert metrics["export"] == str(cli_run / "export")
+    assert metrics["export_files"] == dict(zip(("pt2", "onnx", "torchscript"), FORMAT_FILES, strict=True))
+    assert all((cli_run / "export" / name).is_file() for name in FORMAT_FILES)
 
 
-def write_digit_png(path: Path, size: tuple[int, int] = (24, 30)) -> Path:
+def write_digit_png(path: Path, size: tuple[int, int] = (24, 30), index: int = 0) -> Path:
     """A real digit from the embedded set, saved as an RGB PNG of another size."""
     from sklearn.datasets import load_digits
 
     digits = load_digits()
-    image = Image.fromarray((digits.images[0] * 255 / 16).astype("uint8")).resize(size).convert("RGB")
-    image.save(path)
+    picture = Image.fromarray((digits.images[index] * 255 / 16).astype("uint8"))
+    picture.resize(size).convert("RGB").save(path)
     return path
 
 
-def test_predict_cli_prints_top_k_without_the_training_code(cli_run: Path, tmp_path: Path) -> None:
-    image = write_digit_png(tmp_path / "zero.png")
-    code = (
-        "import sys; from cnnlab.predict import main; "
-        "sys.argv = ['cnnlab-predict', sys.argv[1], sys.argv[2], '--top-k', '3']\n"
-        "try:\n    main()\n"
-        "finally:\n"
-        "    print('loaded:', sorted(m for m in ('lightning', 'hydra', 'cnnlab.train') if m in sys.modules))"
+@pytest.fixture(scope="module")
+def digit_files(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    """Twenty digits of the embedded set, as RGB PNGs of another size than the training images."""
+    folder = tmp_path_factory.mktemp("digits")
+    return [write_digit_png(folder / f"digit_{n:02d}.png", index=-1 - n) for n in range(20)]
+
+
+@pytest.fixture(scope="module")
+def checkpoint_top1(cli_run: Path, digit_files: list[Path]) -> list[str]:
+    """The checkpoint's top class of each digit file, through evaluation's transform."""
+    task = load_task(cli_run / "checkpoints" / "best.ckpt").eval()
+    c = task.contract
+    transform = eval_transform(c["image_size"], c["resize_size"], c["mean"], c["std"], c["geometry"])
+    batch = torch.stack([transform(tv_tensors.Image(read_image(path, 1))) for path in digit_files])
+    with torch.no_grad():
+        return [c["class_names"][i] for i in task(batch.as_subclass(torch.Tensor)).argmax(1).tolist()]
+
+
+@pytest.mark.parametrize("name", FORMAT_FILES)
+def test_predict_cli_gives_the_checkpoints_classes_from_every_format_without_the_training_code(
+    cli_run: Path, digit_files: list[Path], checkpoint_top1: list[str], name: str
+) -> None:
+    proc = run("-c", PREDICT, str(cli_run / "export" / name), *map(str, digit_files), "--top-k", "3")
+    lines = dict(
+        line.split(": ", 1)
+        for line in proc.stdout.splitlines()
+        if line.startswith(str(digit_files[0].parent))
     )
-    proc = run("-c", code, str(cli_run / "export" / "model.pt"), str(image))
-    line = next(ln for ln in proc.stdout.splitlines() if ln.startswith(str(image)))
-    ranked = [part.rsplit(" ", 1) for part in line.split(": ", 1)[1].split(", ")]
-    assert len(ranked) == 3 and all(name in [str(i) for i in range(10)] for name, _ in ranked)
-    probs = [float(p) for _, p in ranked]
-    assert probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1.0001
+    assert list(lines) == [str(path) for path in digit_files]
+    top1 = []
+    for line in lines.values():
+        ranked = [part.rsplit(" ", 1) for part in line.split(", ")]
+        assert len(ranked) == 3 and all(label in [str(i) for i in range(10)] for label, _ in ranked)
+        probs = [float(p) for _, p in ranked]
+        assert probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1.0001
+        top1.append(ranked[0][0])
+    assert top1 == checkpoint_top1
     assert "loaded: []" in proc.stdout
+
+
+def test_predict_cli_prints_the_records_as_json(
+    cli_run: Path, digit_files: list[Path], checkpoint_top1: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    from cnnlab.predict import main as predict
+
+    with pytest.raises(SystemExit) as exit_code:
+        predict([str(cli_run / "export"), *map(str, digit_files[:4]), "--json", "--top-k", "2"])
+    assert exit_code.value.code == 0
+    records = json.loads(capsys.readouterr().out)
+    assert [r["image"] for r in records] == [str(path) for path in digit_files[:4]]
+    assert all(r["task"] == "classification" and len(r["top"]) == 2 for r in records)
+    assert [r["top"][0]["class"] for r in records] == checkpoint_top1[:4]
+    assert all(r["top"][0]["probability"] >= r["top"][1]["probability"] for r in records)
+
+
+def test_predict_cli_writes_each_picture_into_the_folder_asked(
+    cli_run: Path, digit_files: list[Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from cnnlab.predict import main as predict
+
+    with pytest.raises(SystemExit) as exit_code:
+        predict([str(cli_run / "export" / "model.pt"), str(digit_files[0]), "--out", str(tmp_path)])
+    assert exit_code.value.code == 0
+    assert capsys.readouterr().out.strip().endswith(f" -> {tmp_path / 'digit_00.png'}")
+    # simple_cnn's default head has a hidden layer, so no activation map: the image as the model read it
+    written = np.asarray(Image.open(tmp_path / "digit_00.png"))
+    grey = read_image(digit_files[0], 1)[0].numpy()
+    assert written.shape == (30, 24, 3) and all(np.array_equal(written[..., c], grey) for c in range(3))
 
 
 def test_predict_cli_reports_a_file_that_is_no_image(cli_run: Path, tmp_path: Path) -> None:
@@ -82,13 +149,53 @@ def test_predict_cli_reports_a_file_that_is_no_image(cli_run: Path, tmp_path: Pa
     assert proc.returncode == 1 and "not an image" in proc.stderr
 
 
-def test_export_cli_writes_model_and_contract(cli_run: Path, tmp_path: Path) -> None:
+def test_export_cli_writes_every_format_and_the_contract(cli_run: Path, tmp_path: Path) -> None:
     out = tmp_path / "exported"
     proc = run("-m", "cnnlab.export", str(cli_run / "checkpoints" / "best.ckpt"), "--out", str(out))
-    assert "exported" in proc.stdout
-    assert json.loads((out / "model.json").read_text())["image_size"] == 16
-    missing = run("-m", "cnnlab.export", str(tmp_path / "none.ckpt"), check=False)
-    assert missing.returncode == 2 and "does not exist" in missing.stderr
+    lines = proc.stdout.splitlines()
+    assert [line.split()[:2] for line in lines[:3]] == [
+        ["pt2", "model.pt2"],
+        ["onnx", "model.onnx"],
+        ["torchscript", "model.pt"],
+    ]
+    assert all("max diff: probabilities" in line for line in lines[:3])
+    assert lines[3].startswith(f"exported to {out} ")
+    assert sorted(p.name for p in out.iterdir()) == ["model.json", "model.onnx", "model.pt", "model.pt2"]
+    described = json.loads((out / "model.json").read_text())
+    assert described["image_size"] == 16 and list(described["formats"]) == ["pt2", "onnx", "torchscript"]
+    assert all(info["max_abs_diff"]["probabilities"] < 1e-4 for info in described["formats"].values())
+
+
+def test_export_cli_writes_only_the_formats_asked(
+    cli_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from cnnlab.export import main as export
+
+    export([str(cli_run / "checkpoints" / "best.ckpt"), "--out", str(tmp_path), "--formats", "onnx"])
+    assert capsys.readouterr().out.splitlines()[0].split()[:2] == ["onnx", "model.onnx"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.json", "model.onnx"]
+    assert list(json.loads((tmp_path / "model.json").read_text())["formats"]) == ["onnx"]
+
+
+def test_export_cli_refuses_an_unknown_format_and_a_missing_checkpoint(
+    cli_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from cnnlab.export import main as export
+
+    ckpt = str(cli_run / "checkpoints" / "best.ckpt")
+    for argv, words in (
+        (
+            [ckpt, "--out", str(tmp_path), "--formats", "onnx,h5"],
+            "choose one or more of pt2, onnx, torchscript",
+        ),
+        ([str(tmp_path / "none.ckpt")], "does not exist"),
+    ):
+        with pytest.raises(SystemExit) as exit_code:
+            export(argv)
+        assert exit_code.value.code == 2
+        error = capsys.readouterr().err
+        assert error.startswith("cnnlab-export: ") and words in error and error.count("\n") == 1
+    assert not list(tmp_path.iterdir())  # refused before anything was written
 
 
 def test_multirun_runs_each_job_in_its_own_folder(tmp_path: Path) -> None:
@@ -153,7 +260,7 @@ def test_ddp_sim_trains_with_two_cpu_processes(tmp_path: Path) -> None:
 def test_resume_continues_where_an_uninterrupted_run_ends(tmp_path: Path) -> None:
     common = ["model=simple_cnn", "model.dropout=0.1", "trainer.max_epochs=3", "scheduler=cosine", *QUIET]
     straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"
-    run(str(ROOT / "train.py"), *common, f"hydra.run.dir={straight}")
+    run(str(ROOT / "train.py"), *common, f"hydra.run.dir={straight}", "export=null")
     # the same run stopped after its second epoch, then reopened by folder
     run(
         str(ROOT / "train.py"), *common, "trainer.max_steps=40", f"hydra.run.dir={interrupted}", "export=null"

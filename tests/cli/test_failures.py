@@ -155,35 +155,127 @@ def test_a_piped_run_logs_a_line_per_epoch(tmp_path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A short train.py run, exported in every format."""
     out = tmp_path_factory.mktemp("exported") / "run"
     run(TRAIN, *FAST, f"hydra.run.dir={out}")
     return out
 
 
+#: runs predict once per argument list (JSON in argv[1]) in one interpreter, as separate commands would run,
+#: closing each one's console output with its exit code; an exception would end it with a traceback
+PREDICT_EACH = (
+    "import json, sys; from cnnlab.predict import main\n"
+    "for argv in json.loads(sys.argv[1]):\n"
+    "    try:\n        main(argv)\n"
+    "    except SystemExit as done:\n"
+    "        print(f'exit {done.code}', file=sys.stderr, flush=True)\n"
+)
+
+
+def predict_each(*commands: list[str]) -> list[str]:
+    """The console output (stderr) of each predict command, each checked to end with exit code 2."""
+    proc = run("-c", PREDICT_EACH, json.dumps([[str(a) for a in argv] for argv in commands]), check=False)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    outputs = proc.stderr.split("exit 2\n")
+    assert len(outputs) == len(commands) + 1 and not outputs[-1].strip(), proc.stderr[-3000:]
+    return outputs[:-1]
+
+
+def write_small_export(folder: Path, task: str) -> Path:
+    """An untrained model of ``task`` (a detector or an anomaly detector) exported to TorchScript as cnnlab
+    exports it."""
+    from cnnlab.models.autoencoders import LinearAutoencoder
+    from cnnlab.models.detectors import SSDLite
+    from cnnlab.serving import anomaly, detection, formats
+
+    contract = {
+        "in_channels": 3,
+        "image_size": 32,
+        "resize_size": 32,
+        "geometry": "none",
+        "mean": [],
+        "std": [],
+    }
+    if task == "detection":
+        contract.update(class_names=["a", "b"], score_threshold=0.5)
+        net, serving = SSDLite(num_classes=2, image_size=32, backbone="mobilenet_v3_small"), detection
+    else:
+        contract.update(class_names=["good"], threshold=0.01, score="mean")
+        net, serving = LinearAutoencoder(3, 32, hidden=(8,), bottleneck=2), anomaly
+    contract.update(task=task, serving=serving.__name__)
+    module = serving.wrap(net.eval(), contract).eval()
+    contract["outputs"] = list(module.outputs)
+    path = folder / f"{task}.pt"
+    formats.write("torchscript", module, torch.rand(1, 3, 32, 32), path, contract, dynamic=True)
+    return path
+
+
 def test_predict_explains_files_that_are_no_exported_model(exported: Path, tmp_path: Path) -> None:
     image = write_digit_png(tmp_path / "digit.png")
-    ckpt = run("-m", "cnnlab.predict", str(exported / "checkpoints" / "last.ckpt"), str(image), check=False)
-    assert_clean(ckpt, "is a training checkpoint, not an exported model", "cnnlab.export")
-    truncated = tmp_path / "model.pt"
-    truncated.write_bytes((exported / "export" / "model.pt").read_bytes()[:5000])
-    assert_clean(run("-m", "cnnlab.predict", str(truncated), str(image), check=False), "truncated")
-    foreign = tmp_path / "foreign.pt"
-    torch.jit.script(torch.nn.Identity()).save(str(foreign))
-    assert_clean(run("-m", "cnnlab.predict", str(foreign), str(image), check=False), "not exported by cnnlab")
+    commands = [[exported / "checkpoints" / "last.ckpt", image]]
+    for name in ("model.pt2", "model.onnx", "model.pt"):
+        (tmp_path / "cut").mkdir(exist_ok=True)
+        (tmp_path / "cut" / name).write_bytes((exported / "export" / name).read_bytes()[:5000])
+        commands.append([tmp_path / "cut" / name, image])
+    torch.jit.script(torch.nn.Identity()).save(str(tmp_path / "x.pt"))  # TorchScript of another tool's
+    commands.append([tmp_path / "x.pt", image])
+    said = predict_each(*commands)
+    expected = [
+        ["is a training checkpoint, not an exported model", "python -m cnnlab.export"],
+        ["model.pt2 is not an exported model: it is truncated"],
+        ["model.onnx is not an exported model: it is truncated"],
+        ["model.pt is not an exported model: it is truncated"],
+        ["was not exported by this version of cnnlab"],
+    ]
+    for console, words in zip(said, expected, strict=True):
+        assert console.count("cnnlab-predict: ") == 1 and console.startswith("cnnlab-predict: "), console
+        assert "Traceback" not in console and console.count("\n") == 1, console  # one line
+        assert all(word in console for word in words), (words, console)
+        assert "model.pt2, model.onnx or model.pt" in console or "cnnlab.export" in console  # what it takes
+
+
+def test_predict_refuses_thresholds_no_score_can_meet_and_folders_without_images(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from cnnlab.predict import main as predict
+
+    image = write_digit_png(tmp_path / "digit.png")
+    detector = write_small_export(tmp_path, "detection")
+    anomalies = write_small_export(tmp_path, "anomaly")
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "notes.txt").write_text("no image here")
+    cases = {
+        (detector, image, "--threshold", "2.0"): "--threshold 2.0: detection scores lie in [0, 1]",
+        (detector, image, "--threshold", "-0.1"): "--threshold -0.1: detection scores lie in [0, 1]",
+        (anomalies, image, "--threshold", "-0.1"): "--threshold -0.1: anomaly scores are squared errors",
+        (anomalies, tmp_path / "empty"): f"no images found in {tmp_path / 'empty'} (looked for .bmp",
+    }
+    for argv, words in cases.items():
+        with pytest.raises(SystemExit) as exit_code:
+            predict([str(a) for a in argv])
+        console = capsys.readouterr()
+        assert exit_code.value.code == 2 and not console.out, argv
+        assert console.err.startswith("cnnlab-predict: ") and console.err.count("\n") == 1, console.err
+        assert words in console.err, (words, console.err)
+    assert not (tmp_path / "predictions").exists()  # refused before any image was read or written
 
 
 def test_predict_reads_sixteen_bit_images_as_training_does(exported: Path, tmp_path: Path) -> None:
     from cnnlab.data.io import read_image
-    from cnnlab.predict import load_model
-    from cnnlab.serving.classification import top_k
+    from cnnlab.serving import runtime
 
     eight = write_digit_png(tmp_path / "eight.png")
     pixels = np.asarray(Image.open(eight).convert("L")).astype(np.uint16) * 257  # the same picture in 16 bits
     Image.fromarray(pixels).save(tmp_path / "sixteen.png")
-    model = load_model(exported / "export" / "model.pt")
-    from_8 = dict(top_k(model, read_image(eight, 1), 10))
-    from_16 = dict(top_k(model, read_image(tmp_path / "sixteen.png", 1), 10))
-    assert all(abs(from_8[name] - from_16[name]) < 1e-4 for name in from_8)
+    sixteen = read_image(tmp_path / "sixteen.png", 1)
+    assert sixteen.dtype == torch.uint16
+    for name in ("model.pt2", "model.onnx", "model.pt"):
+        model = runtime.load(exported / "export" / name)
+        (from_8,), (from_16,) = (
+            runtime.predict(model, [image], top_k=10) for image in (read_image(eight, 1), sixteen)
+        )
+        probabilities = {c["class"]: c["probability"] for c in from_8["top"]}
+        assert all(abs(probabilities[c["class"]] - c["probability"]) < 1e-4 for c in from_16["top"]), name
 
 
 def test_truncated_or_foreign_checkpoints_are_explained(exported: Path, tmp_path: Path) -> None:

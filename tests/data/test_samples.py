@@ -68,16 +68,6 @@ def test_padding_fills_masks_with_the_ignored_class() -> None:
     assert (out["mask"] == IGNORE_INDEX).sum() == 40 * 40 - 20 * 30
 
 
-@pytest.mark.parametrize("geometry", T.GEOMETRIES)
-@pytest.mark.parametrize("dtype", [torch.uint8, torch.uint16])
-def test_exported_preprocessing_is_the_evaluation_transform(geometry: str, dtype: torch.dtype) -> None:
-    top = 255 if dtype == torch.uint8 else 65535
-    raw = torch.randint(0, top + 1, (3, 37, 53)).to(dtype)
-    expected = T.eval_transform(24, 28, [0.4] * 3, [0.2] * 3, geometry)(tv_tensors.Image(raw))
-    got = torch.jit.script(T.Preprocess(geometry, 24, 28, [0.4] * 3, [0.2] * 3))(raw)
-    torch.testing.assert_close(got, expected.as_subclass(torch.Tensor), atol=1e-5, rtol=0)
-
-
 def test_sixteen_bit_images_scale_to_the_unit_range_in_training_too() -> None:
     raw = tv_tensors.Image(torch.full((1, 8, 8), 65535).to(torch.uint16))
     augmented = T.train_transform(T.basic, 8, 8, None, None)(raw)

@@ -32,6 +32,7 @@ def sweep(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "callbacks.progress_bar=null",
         "callbacks.model_summary=null",
         "trainer.accelerator=cpu",
+        "export.formats=[torchscript]",
     ]
     env = dict(os.environ, PYTHONPATH=str(ROOT / "tests"), CUDA_VISIBLE_DEVICES="")
     proc = subprocess.run([sys.executable, *args], env=env, capture_output=True, text=True, timeout=600)
@@ -61,12 +62,18 @@ def test_sweep_report_ranks_lower_first(sweep: Path) -> None:
 
 
 def test_export_serves_the_task(sweep: Path) -> None:
+    from cnnlab.serving import runtime
     from pipeline.brightness import brightness
 
     metrics = json.loads((sweep / "0" / "metrics.json").read_text())
-    model = torch.jit.load(metrics["export"])
-    images = torch.randint(0, 256, (4, 1, 16, 16), dtype=torch.uint8)
-    assert model(images).shape == (4,) and model.serving == "pipeline.brightness"
     contract = json.loads((sweep / "0" / "export" / "model.json").read_text())
-    assert contract["task"] == "brightness" and contract["output"].startswith("the predicted mean brightness")
-    assert torch.isfinite(model(images) - brightness(images)).all()
+    assert contract["task"] == "brightness" and contract["serving"] == "pipeline.brightness"
+    assert contract["output"] == {"brightness": "the predicted mean brightness (N,)"}
+    assert metrics["export_files"] == {"torchscript": "model.pt"}, contract["formats"]
+    model = runtime.load(metrics["export"])
+    images = torch.randint(0, 256, (4, 1, 16, 16), dtype=torch.uint8)
+    predicted = model(images.float() / 255)["brightness"]
+    assert predicted.shape == (4,) and torch.isfinite(predicted - brightness(images)).all()
+    records = runtime.predict(model, list(images))
+    assert [r["brightness"] for r in records] == pytest.approx(predicted.tolist(), abs=1e-5)
+    assert contract["formats"]["torchscript"]["max_abs_diff"]["brightness"] < 1e-4

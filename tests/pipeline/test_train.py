@@ -20,6 +20,8 @@ from cnnlab.config import ConfigError, check_pairing
 from cnnlab.data.digits import DigitsDataModule
 from cnnlab.errors import CheckpointError
 from cnnlab.evaluate import evaluate
+from cnnlab.export import export_checkpoint
+from cnnlab.serving import formats, runtime
 from cnnlab.train import _NoAdverts, train
 
 
@@ -42,10 +44,12 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
 def test_run_folder_holds_checkpoints_metrics_export_and_logs(trained: tuple[Path, dict]) -> None:
     out, record = trained
     assert (out / "checkpoints" / "best.ckpt").is_file() and (out / "checkpoints" / "last.ckpt").is_file()
-    assert (out / "export" / "model.pt").is_file()
     contract = json.loads((out / "export" / "model.json").read_text())
     assert contract["class_names"] == [str(i) for i in range(10)] and contract["in_channels"] == 1
     saved = json.loads((out / "metrics.json").read_text())
+    files = {"pt2": "model.pt2", "onnx": "model.onnx", "torchscript": "model.pt"}
+    assert saved["export"] == str(out / "export") and saved["export_files"] == files
+    assert all((out / "export" / name).is_file() for name in files.values())
     assert saved == json.loads(json.dumps(record))
     for key in ("val/acc", "test/acc", "test/f1", "test/acc_top5", "best/val/acc"):
         assert 0.0 <= saved[key] <= 1.0, key
@@ -73,24 +77,63 @@ def test_checkpoint_loads_with_weights_only(trained: tuple[Path, dict]) -> None:
     assert ckpt["cnnlab"]["contract"]["image_size"] == 16
 
 
-def test_export_gives_the_checkpoints_probabilities(trained: tuple[Path, dict]) -> None:
+@pytest.mark.parametrize("name", ["model.pt2", "model.onnx", "model.pt"])
+def test_every_format_gives_the_checkpoints_probabilities(trained: tuple[Path, dict], name: str) -> None:
     out, _ = trained
     task = load_task(out / "checkpoints" / "best.ckpt").eval()
-    exported = torch.jit.load(str(out / "export" / "model.pt"))
+    model = runtime.load(out / "export" / name)
     datamodule = DigitsDataModule(image_size=16, seed=42)
     datamodule.setup()
     raw = datamodule.load_split("test")
-    worst = 0.0
-    for i in range(16):
-        image, _ = raw[i]
-        with torch.no_grad():
-            expected = torch.softmax(task(datamodule.test_set[i][0].unsqueeze(0)), 1)
-            got = exported(image)
-        worst = max(worst, (expected - got).abs().max().item())
-    assert worst < 1e-5
-    # any image size: a 40x56 photo-like input is resized and cropped inside the exported model
-    probs = exported(torch.randint(0, 256, (1, 40, 56), dtype=torch.uint8))
-    assert probs.shape == (1, 10) and abs(probs.sum().item() - 1) < 1e-5
+    images = [raw[i][0] for i in range(20)]
+    with torch.no_grad():
+        expected = torch.softmax(task(torch.stack([datamodule.test_set[i][0] for i in range(20)])), 1)
+    got = torch.cat([model(runtime.as_batch(image, 1))["probabilities"] for image in images])
+    assert (expected - got).abs().max() < 1e-4
+    top1 = [record["top"][0]["index"] for record in runtime.predict(model, images, top_k=1)]
+    assert top1 == expected.argmax(1).tolist()
+    # measured when it was written, on validation images at two sizes, and recorded beside it
+    described = json.loads((out / "export" / "model.json").read_text())["formats"][model.format]
+    assert described["max_abs_diff"]["probabilities"] < 1e-4 and "16x16 and 25x23" in described["verified_on"]
+    # any image size: a 40x56 photo-like input is resized and cropped inside the exported graph
+    (record,) = runtime.predict(model, [torch.randint(0, 256, (1, 40, 56), dtype=torch.uint8)])
+    assert sum(c["probability"] for c in record["top"]) <= 1 + 1e-5 and len(record["top"]) == 5
+
+
+def test_a_format_that_cannot_hold_the_model_is_recorded_and_the_others_written(
+    trained: tuple[Path, dict], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out, _ = trained
+    real_write = formats.write
+
+    def refuse_onnx(fmt: str, *args: object) -> None:
+        if fmt == "onnx":
+            raise RuntimeError("an operator this exporter lacks")
+        real_write(fmt, *args)
+
+    monkeypatch.setattr(formats, "write", refuse_onnx)
+    images = [torch.randint(0, 256, (1, 8, 8), dtype=torch.uint8) for _ in range(2)]
+    described = export_checkpoint(out / "checkpoints" / "best.ckpt", tmp_path, ["pt2", "onnx"], images)
+    assert described["formats"]["onnx"] == {
+        "error": "RuntimeError: an operator this exporter lacks",
+        "verified_on": "2 validation images at 16x16 and 25x23",
+    }
+    assert (tmp_path / "model.pt2").is_file() and not (tmp_path / "model.onnx").exists()
+    assert not list(tmp_path.glob("*.partial"))
+    assert json.loads((tmp_path / "model.json").read_text()) == described
+
+
+def test_export_options_are_checked_before_any_data_is_read(
+    make_cfg, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(DigitsDataModule, "setup", lambda *a: pytest.fail("data was read"))
+    for override, words in (
+        ("export.formats=[pt2,h5]", "choose one or more of pt2, onnx, torchscript"),
+        ("export.formats=[]", "choose one or more"),
+        ("+export.opset=17", "export.opset is not an export option"),
+    ):
+        with pytest.raises(ConfigError, match=words):
+            train(make_cfg(override))
 
 
 def test_eval_reproduces_the_test_metrics(trained: tuple[Path, dict], tmp_path: Path) -> None:
@@ -211,3 +254,19 @@ def test_lr_finder_in_the_pipeline_sets_the_rate_it_plots(make_cfg, tmp_path: Pa
     # the rate used is the rate recorded: in the run config of the checkpoint and in the config itself
     assert ckpt["hyper_parameters"]["run_config"]["optimizer"]["lr"] == lr == cfg.optimizer.lr
     assert OmegaConf.load(tmp_path / "run" / ".hydra" / "config.yaml").optimizer.lr == lr
+
+
+def test_a_failed_export_never_loses_the_run(make_cfg, monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = make_cfg("trainer.max_epochs=1", "logger=csv")
+    out = Path(cfg.paths.output_dir)
+
+    def failing_export(*args: object, **kwargs: object) -> dict:
+        # metrics.json is already written when the export starts
+        assert json.loads((out / "metrics.json").read_text())["test/acc"] > 0
+        raise CheckpointError("the disk is full")
+
+    monkeypatch.setattr("cnnlab.export.export_checkpoint", failing_export)
+    record = train(cfg)
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved["export"] is None and saved["export_error"] == "the disk is full" == record["export_error"]
+    assert saved["test/acc"] == record["test/acc"] and (out / "checkpoints" / "best.ckpt").is_file()

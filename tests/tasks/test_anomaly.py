@@ -1,5 +1,6 @@
 """The anomaly task: the other digits are found, thresholds chosen on validation, pixel AUROC on MVTec AD
-folders, the export scores as the checkpoint does, and clear errors."""
+folders, every export format scores as the checkpoint does and predict gives the same records from each, and
+clear errors."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import json
 from pathlib import Path
 
 import lightning.pytorch as L
+import numpy as np
 import pytest
 import torch
 from fakedense import write_mvtec
@@ -20,10 +22,19 @@ from cnnlab.data.digits import DigitsDataModule
 from cnnlab.data.samples import stack_collate
 from cnnlab.errors import ConfigError
 from cnnlab.models.autoencoders import LinearAutoencoder
+from cnnlab.serving import runtime
 from cnnlab.serving.anomaly import image_scores
 from cnnlab.tasks.anomaly import AnomalyTask, best_f1_threshold
 
-from .test_autoencoder import ADAM, run
+from .test_autoencoder import (
+    ADAM,
+    ALL_FORMATS,
+    FORMAT_FILES,
+    assert_same_records,
+    predicted,
+    run,
+    write_digits,
+)
 
 # the recipe with zeros as normal and no anomalies in validation: the checkpoint by val/loss, the threshold a
 # quantile of normal scores
@@ -32,9 +43,18 @@ ZEROS_ONLY = ("data.normal_classes=[0]", "data.val_anomalies=0", "optimized_metr
 
 @pytest.fixture(scope="module")
 def detected(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
-    """The ae_anomaly_digits recipe with zeros as the normal class and validation of zeros only, 8 epochs."""
+    """The ae_anomaly_digits recipe with zeros as the normal class and validation of zeros only, 8 epochs;
+    exported in every format."""
     out = tmp_path_factory.mktemp("anomaly")
-    return out, run(out, "experiment=ae_anomaly_digits", *ZEROS_ONLY, "trainer.max_epochs=8")
+    return out, run(out, "experiment=ae_anomaly_digits", *ZEROS_ONLY, "trainer.max_epochs=8", ALL_FORMATS)
+
+
+def digit_batch(count: int = 64) -> tuple[torch.Tensor, dict]:
+    """Test digits as float batches of what PNG files hold (8 bits), with their anomaly flags."""
+    datamodule = DigitsDataModule(image_size=16, seed=42, normal_classes=[0], spec=AnomalyTask.samples)
+    datamodule.setup()
+    images, targets = next(iter(datamodule.test_dataloader()))
+    return (images[:count] * 255).round() / 255, {k: v[:count] for k, v in targets.items()}
 
 
 def test_the_other_digits_are_found(detected: tuple[Path, dict]) -> None:
@@ -56,24 +76,56 @@ def test_the_threshold_comes_from_validation_and_travels_with_the_model(detected
     assert contract["threshold_rule"] == "the 0.95 quantile of normal validation scores"
     exported = json.loads((out / "export" / "model.json").read_text())
     assert exported["threshold"] == contract["threshold"] and exported["score"] == "mean"
-    model = torch.jit.load(str(out / "export" / "model.pt"))
-    assert model.threshold == pytest.approx(contract["threshold"])
+    batch, _ = digit_batch()
+    for name in FORMAT_FILES:
+        model = runtime.load(out / "export" / name)
+        assert model.contract["threshold"] == contract["threshold"], name  # the contract inside the file
+        # the decision is the graph's own: its scores against the threshold it holds as a buffer
+        outputs = model(batch)
+        assert torch.equal(outputs["anomalous"], outputs["scores"] >= contract["threshold"]), name
+        assert outputs["anomalous"].any() and not outputs["anomalous"].all(), name
 
 
-def test_export_scores_every_image_as_the_checkpoint_does(detected: tuple[Path, dict]) -> None:
-    out, record = detected
+@pytest.mark.parametrize("name", FORMAT_FILES)
+def test_every_format_scores_every_image_as_the_checkpoint_does(
+    detected: tuple[Path, dict], name: str
+) -> None:
+    out, _ = detected
     task = load_task(out / "checkpoints" / "best.ckpt").eval()
-    model = torch.jit.load(str(out / "export" / "model.pt"))
-    datamodule = DigitsDataModule(image_size=16, seed=42, normal_classes=[0], spec=AnomalyTask.samples)
-    datamodule.setup()
-    images, targets = next(iter(datamodule.test_dataloader()))
-    raw = (images * 255).round().to(torch.uint8)  # what a PNG file holds
+    model = runtime.load(out / "export" / name)
+    batch, targets = digit_batch()
     with torch.no_grad():
-        expected, expected_maps = task.anomaly_scores(raw.float() / 255, task.net(raw.float() / 255))
-        scores, maps = model(raw)
-    torch.testing.assert_close(scores, expected, atol=1e-6, rtol=1e-4)
-    assert maps.shape == (len(raw), 16, 16) and torch.allclose(maps, expected_maps, atol=1e-6)
-    assert binary_auroc(scores, targets["anomaly"]) > 0.8
+        expected, expected_maps = task.anomaly_scores(batch, task.net(batch))
+    outputs = model(batch)
+    torch.testing.assert_close(outputs["scores"], expected, atol=1e-6, rtol=1e-4)
+    assert outputs["maps"].shape == (len(batch), 16, 16)
+    torch.testing.assert_close(outputs["maps"], expected_maps, atol=1e-6, rtol=1e-4)
+    assert binary_auroc(outputs["scores"], targets["anomaly"]) > 0.8
+    # measured when it was written, and recorded beside it
+    described = json.loads((out / "export" / "model.json").read_text())["formats"][model.format]
+    assert described["file"] == name and described["input_shape"] == ["dynamic", 1, "dynamic", "dynamic"]
+    diffs = described["max_abs_diff"]
+    assert diffs["scores"] < 1e-4 and diffs["maps"] < 1e-4 and diffs["anomalous"] == 0
+
+
+def test_predict_gives_the_same_records_from_every_format(
+    detected: tuple[Path, dict], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out, record = detected
+    images = write_digits(tmp_path / "digits", {0: 2, 7: 2})
+    found = {name: predicted(capsys, out / "export" / name, images) for name in FORMAT_FILES}
+    reference = found["model.pt"]
+    assert [r["image"] for r in reference] == [str(p) for p in images]
+    for r in reference:
+        assert r["task"] == "anomaly" and r["threshold_source"] == "chosen on validation"
+        assert r["threshold"] == pytest.approx(record["test/threshold"]) and r["anomalous"] == (
+            r["score"] >= r["threshold"]
+        )
+        # the map at the network's size, over the whole 8 px image (resized to 16 px, nothing cropped)
+        assert np.asarray(r["map"]).shape == (16, 16) and r["region"] == [0.0, 0.0, 8.0, 8.0]
+        assert r["score"] == pytest.approx(np.mean(r["map"]), abs=1e-6)  # task.score=mean
+    for records in found.values():
+        assert_same_records(records, reference)
 
 
 def test_tensorboard_shows_the_histogram_and_the_top_anomalies(detected: tuple[Path, dict]) -> None:

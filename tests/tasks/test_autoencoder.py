@@ -1,4 +1,5 @@
-"""The autoencoder task: denoising beats its noisy input, the noise and losses, figures, export, errors."""
+"""The autoencoder task: denoising beats its noisy input, the noise and losses, figures, export in every
+format, predict, errors."""
 
 from __future__ import annotations
 
@@ -23,14 +24,19 @@ from cnnlab.errors import ConfigError
 from cnnlab.figures.autoencoder import project_2d
 from cnnlab.models.autoencoders import LinearAutoencoder
 from cnnlab.predict import main as predict
+from cnnlab.serving import runtime
 from cnnlab.tasks.autoencoder import AutoencoderTask, add_noise, reconstruction_loss
 from cnnlab.train import train
 
 ADAM = {"_target_": "torch.optim.Adam", "lr": 1e-3}
+#: the files of an export folder, one per format
+FORMAT_FILES = ["model.pt2", "model.onnx", "model.pt"]
+ALL_FORMATS = "export.formats=[pt2,onnx,torchscript]"
 
 
 def run(out: Path, *overrides: str) -> dict:
-    """Train with the real configs into ``out``, quietly, on the CPU."""
+    """Train with the real configs into ``out``, quietly, on the CPU; exported in one format, the quickest to
+    write, unless an override says otherwise (ALL_FORMATS)."""
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose(config_name="train", overrides=["trainer.accelerator=cpu", *overrides])
@@ -41,6 +47,8 @@ def run(out: Path, *overrides: str) -> dict:
         cfg.trainer.enable_model_summary = False
         for key in ("progress_bar", "model_summary"):
             cfg.callbacks.pop(key)
+        if cfg.get("export") and not any(o.startswith(("export", "+export")) for o in overrides):
+            cfg.export.formats = ["torchscript"]
     return train(cfg)
 
 
@@ -60,12 +68,44 @@ def write_digits(folder: Path, counts: dict[int, int]) -> list[Path]:
     return paths
 
 
+def predicted(
+    capsys: pytest.CaptureFixture[str], model: Path, images: list[Path], *options: str
+) -> list[dict]:
+    """The records ``cnnlab-predict MODEL IMAGE... --json`` prints."""
+    with pytest.raises(SystemExit) as exit_code:
+        predict([str(model), *map(str, images), "--json", *options])
+    assert exit_code.value.code == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def assert_same_records(found: object, expected: object, rel: float = 1e-4, tol: float = 2e-4) -> None:
+    """Records alike in every key, string, flag and whole number, their floats within ``rel`` or ``tol``
+    (beyond the rounding of records: 4 decimals for pixels, 3 for decibels)."""
+
+    def compare(a: object, b: object, where: str) -> None:
+        if isinstance(b, dict):
+            assert isinstance(a, dict) and a.keys() == b.keys(), where
+            for key in b:
+                compare(a[key], b[key], f"{where}.{key}")
+        elif isinstance(b, list):
+            assert isinstance(a, list) and len(a) == len(b), where
+            for i, (x, y) in enumerate(zip(a, b, strict=True)):
+                compare(x, y, f"{where}[{i}]")
+        elif isinstance(b, float):
+            assert a == pytest.approx(b, rel=rel, abs=tol), where
+        else:
+            assert a == b, where
+
+    compare(found, expected, "records")
+
+
 @pytest.fixture(scope="module")
 def denoised(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
-    """The ae_denoise_digits recipe, shortened: three epochs of a narrower network on 40 digits per class."""
+    """The ae_denoise_digits recipe, shortened: three epochs of a narrower network on 40 digits per class;
+    exported in every format."""
     out = tmp_path_factory.mktemp("denoise")
     short = ["trainer.max_epochs=3", "model.widths=[8,16]", "data.train_per_class=40", "data.batch_size=16"]
-    return out, run(out, "experiment=ae_denoise_digits", *short, "optimizer.lr=1e-2")
+    return out, run(out, "experiment=ae_denoise_digits", *short, "optimizer.lr=1e-2", ALL_FORMATS)
 
 
 def test_denoising_raises_psnr_and_ssim_over_the_noisy_input(denoised: tuple[Path, dict]) -> None:
@@ -91,19 +131,48 @@ def test_tensorboard_shows_reconstructions_codes_and_the_noise_settings(denoised
     assert "noise_level" in session and "denoise" in session
 
 
-def test_export_returns_the_checkpoints_reconstruction(denoised: tuple[Path, dict]) -> None:
+@pytest.mark.parametrize("name", FORMAT_FILES)
+def test_every_format_returns_the_checkpoints_reconstruction(denoised: tuple[Path, dict], name: str) -> None:
     out, _ = denoised
     task = load_task(out / "checkpoints" / "best.ckpt").eval()
-    exported = torch.jit.load(str(out / "export" / "model.pt"))
+    model = runtime.load(out / "export" / name)
     datamodule = DigitsDataModule(image_size=16, seed=42, spec=AutoencoderTask.samples)
     datamodule.setup()
     images, _ = next(iter(datamodule.test_dataloader()))
     raw = (images[:4] * 255).round().to(torch.uint8)  # what a PNG file holds
+    batch = torch.cat([runtime.as_batch(image, 1) for image in raw])
+    outputs = model(batch)
     with torch.no_grad():
-        torch.testing.assert_close(exported(raw), task.net(raw.float() / 255), atol=1e-5, rtol=1e-4)
-    contract = json.loads((out / "export" / "model.json").read_text())
+        expected = task.net(batch)
+    torch.testing.assert_close(outputs["reconstructions"], expected, atol=1e-5, rtol=1e-4)
+    errors = (expected - batch).pow(2).flatten(1).mean(dim=1)
+    torch.testing.assert_close(outputs["errors"], errors, atol=1e-6, rtol=1e-4)
+    contract = model.contract  # carried inside the file
     assert contract["task"] == "autoencoder" and contract["mode"] == "denoise" and contract["mean"] == []
-    assert exported.serving == "cnnlab.serving.autoencoder" and exported(raw[0]).shape == (1, 1, 16, 16)
+    assert contract["serving"] == "cnnlab.serving.autoencoder"
+    assert contract["outputs"] == ["reconstructions", "errors"]
+    # a larger, non-square image: resized and cropped to the network's size inside the graph
+    assert model(torch.rand(1, 1, 25, 23))["reconstructions"].shape == (1, 1, 16, 16)
+    # measured when it was written, and recorded beside it
+    described = json.loads((out / "export" / "model.json").read_text())["formats"][model.format]
+    assert described["file"] == name and described["bytes"] == (out / "export" / name).stat().st_size
+    assert described["max_abs_diff"]["reconstructions"] < 1e-4 and described["max_abs_diff"]["errors"] < 1e-4
+
+
+def test_predict_gives_the_same_records_from_every_format(
+    denoised: tuple[Path, dict], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out, _ = denoised
+    images = write_digits(tmp_path / "digits", {3: 1, 8: 1})
+    found = {name: predicted(capsys, out / "export" / name, images) for name in FORMAT_FILES}
+    reference = found["model.pt"]
+    assert [record["image"] for record in reference] == [str(p) for p in images]
+    for record in reference:
+        assert record["task"] == "autoencoder" and record["mode"] == "denoise"
+        assert np.asarray(record["reconstruction"]).shape == (1, 16, 16) and 0 < record["error"] < 1
+        assert record["psnr"] == pytest.approx(10 * np.log10(1 / record["error"]), abs=1e-3)
+    for records in found.values():
+        assert_same_records(records, reference)
 
 
 def test_predict_writes_reconstructions_and_prints_their_error(
@@ -114,11 +183,13 @@ def test_predict_writes_reconstructions_and_prints_their_error(
     (tmp_path / "more").mkdir()
     images.append(Path(shutil.copy(images[0], tmp_path / "more")))  # the same name in another folder
     with pytest.raises(SystemExit) as exit_code:
-        predict([str(out / "export" / "model.pt"), *map(str, images), "--out", str(tmp_path / "rec")])
+        # the export folder: its first verified format
+        predict([str(out / "export"), *map(str, images), "--out", str(tmp_path / "rec")])
     assert exit_code.value.code == 0
     lines = [line for line in capsys.readouterr().out.splitlines() if ": error " in line]
     assert [line.split(":")[0] for line in lines] == [str(p) for p in images]
     assert all(0 < float(line.split(": error ")[1].split()[0]) < 1 for line in lines)
+    assert lines[0].endswith(f" -> {tmp_path / 'rec' / '3_0.png'}")
     written = sorted(p.name for p in (tmp_path / "rec").glob("*.png"))
     assert written == ["3_0.png", "3_1.png", "more_3_0.png"]
     with Image.open(tmp_path / "rec" / "3_0.png") as picture:

@@ -1,5 +1,6 @@
 """The detection task: losses that fall, mAP that ignores what it should, eval-mode validation losses, the run
-folder (metrics, figures, checkpoint contract) and the detection recipes, composed by Hydra."""
+folder (metrics, figures, checkpoint contract), every export format giving the checkpoint's detections and
+predict the same records from each, and the detection recipes, composed by Hydra."""
 
 from __future__ import annotations
 
@@ -10,10 +11,16 @@ from pathlib import Path
 import pytest
 import torch
 from omegaconf import open_dict
+from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from cnnlab.checkpoints import load_task
 from cnnlab.config import ConfigError, check_pairing
+from cnnlab.data.shapes import ShapesDataset
 from cnnlab.models.detectors import RetinaNet
+from cnnlab.predict import main as predict
+from cnnlab.serving import detection as serving
+from cnnlab.serving import formats, runtime
 from cnnlab.tasks.detection import (
     DetectionTask,
     losses_in_eval_mode,
@@ -23,8 +30,13 @@ from cnnlab.tasks.detection import (
 )
 from cnnlab.train import train
 
+from .test_autoencoder import ALL_FORMATS, FORMAT_FILES, predicted
+
 #: det_shapes shrunk to 16 training images (4 steps an epoch) at a constant learning rate, for 8 epochs;
-#: the first 6 test images hold every class
+#: the first 6 test images hold every class. Its scores stay low (FCOS's lie between its own score_thresh,
+#: 0.2, and about 0.45 after so short a run): a score_threshold of 0.25 keeps a few dozen detections per
+#: image, so that the export's verification compares detections the model reports
+SCORE_THRESHOLD = 0.25
 TINY = [
     "experiment=det_shapes",
     "data.train_size=18",
@@ -35,12 +47,14 @@ TINY = [
     "trainer.max_epochs=8",
     "trainer.log_every_n_steps=1",
     "logger=[tensorboard,csv]",
+    f"task.score_threshold={SCORE_THRESHOLD}",
+    ALL_FORMATS,
 ]
 
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
-    """A tiny det_shapes run with TensorBoard and CSV logs, tested and exported."""
+    """A tiny det_shapes run with TensorBoard and CSV logs, tested and exported in every format."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
@@ -88,8 +102,10 @@ def test_run_records_map_per_class_ap_and_the_contract(tiny_run: tuple[Path, dic
     ckpt = torch.load(out / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=True)
     contract = ckpt["cnnlab"]["contract"]
     assert contract["class_names"] == ["background", "circle", "square", "triangle"]
-    assert contract["score_threshold"] == 0.5 and contract["geometry"] == "none" and contract["mean"] == []
-    assert (out / "export" / "model.pt").is_file()
+    assert contract["score_threshold"] == SCORE_THRESHOLD
+    assert contract["geometry"] == "none" and contract["mean"] == []
+    assert saved["export"] == str(out / "export")
+    assert saved["export_files"] == {"pt2": "model.pt2", "onnx": "model.onnx", "torchscript": "model.pt"}
 
 
 @pytest.mark.slow
@@ -102,6 +118,88 @@ def test_tensorboard_shows_predictions_beside_the_truth(tiny_run: tuple[Path, di
     assert len(events.Images("val/detections")) == 8  # one per epoch, the sanity check left out
     scalars = set(events.Tags()["scalars"])
     assert {"train/loss_classification", "val/loss", "val/map_50", "val/map_per_class/circle"} <= scalars
+
+
+def shapes_images(count: int, size: int, seed: int) -> list[torch.Tensor]:
+    """Shapes pictures (uint8, as files hold them) the run did not train on."""
+    return [ShapesDataset(count, image_size=size, seed=seed)[i][0] for i in range(count)]
+
+
+@pytest.mark.slow
+def test_every_format_is_written_and_verified_on_detections_the_model_keeps(
+    tiny_run: tuple[Path, dict],
+) -> None:
+    out, _ = tiny_run
+    described = json.loads((out / "export" / "model.json").read_text())
+    assert described["score_threshold"] == SCORE_THRESHOLD and described["outputs"] == [
+        "boxes",
+        "scores",
+        "labels",
+        "keep",
+    ]
+    for fmt, name in zip(formats.FORMATS, FORMAT_FILES, strict=True):
+        info = described["formats"][fmt]
+        assert info["file"] == name and (out / "export" / name).stat().st_size == info["bytes"], fmt
+        # torchvision's detectors fix their size in torch.export's graph: the training size
+        shape = ["dynamic", 3, "dynamic", "dynamic"] if fmt == "torchscript" else [1, 3, 64, 64]
+        assert info["input_shape"] == shape, fmt
+        # the module's kept detections were each looked for in the export's
+        assert info["max_abs_diff"]["compared"] > 0, fmt
+        assert "at 64x64 and 97x83" in info["verified_on"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", FORMAT_FILES)
+def test_every_format_gives_the_checkpoints_detections_at_the_training_size(
+    tiny_run: tuple[Path, dict], name: str
+) -> None:
+    out, _ = tiny_run
+    task = load_task(out / "checkpoints" / "best.ckpt").eval()
+    module = serving.wrap(task.net, task.contract).eval()
+    model = runtime.load(out / "export" / name)
+    expected, got = [], []
+    for image in shapes_images(4, 64, seed=11):
+        batch = runtime.as_batch(image, 3)
+        with torch.inference_mode():
+            expected.append(dict(zip(module.outputs, module(batch), strict=True)))
+        got.append(model(batch))
+    diffs = serving.parity(expected, got)
+    assert diffs["compared"] > 0 and diffs["unmatched"] == 0 and diffs["count"] == 0
+    assert diffs["boxes"] < 1e-3 and diffs["scores"] < 1e-4
+    # the flag is the model's own threshold
+    assert all(torch.equal(g["keep"], g["scores"] >= SCORE_THRESHOLD) for g in got)
+
+
+@pytest.mark.slow
+def test_predict_gives_the_same_detections_from_every_format(
+    tiny_run: tuple[Path, dict], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out, _ = tiny_run
+    paths = []
+    for n, image in enumerate(shapes_images(2, 64, seed=12)):
+        paths.append(tmp_path / f"shapes_{n}.png")
+        Image.fromarray(image.permute(1, 2, 0).numpy()).save(paths[-1])
+    found = {name: predicted(capsys, out / "export" / name, paths) for name in FORMAT_FILES}
+    reference = found["model.pt"]
+    assert [r["image"] for r in reference] == [str(p) for p in paths]
+    assert sum(len(r["detections"]) for r in reference) > 0
+    for record in reference:
+        assert record["task"] == "detection" and record["threshold"] == SCORE_THRESHOLD
+        assert all(d["score"] >= SCORE_THRESHOLD and d["class"] != "background" for d in record["detections"])
+    for name, records in found.items():
+        for got, want in zip(records, reference, strict=True):
+            assert {k: v for k, v in got.items() if k != "detections"} == {
+                k: v for k, v in want.items() if k != "detections"
+            }
+            # the same detections, in any order among equal scores
+            assert len(got["detections"]) == len(want["detections"]), name
+            for detection in want["detections"]:
+                assert any(
+                    d["class"] == detection["class"]
+                    and d["score"] == pytest.approx(detection["score"], abs=1e-4)
+                    and d["box"] == pytest.approx(detection["box"], abs=0.02)
+                    for d in got["detections"]
+                ), (name, detection)
 
 
 # --- targets: what is trained on, what is scored -----------------------------------------------------
@@ -184,39 +282,70 @@ def test_score_threshold_must_be_a_score() -> None:
 # --- the exported model ----------------------------------------------------------------------------
 
 
-def test_exported_model_keeps_the_networks_boxes_above_its_threshold(tmp_path: Path) -> None:
-    import argparse
-
-    from cnnlab.serving import detection as serving
-
+def test_exported_model_keeps_the_networks_boxes_above_its_threshold(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     torch.manual_seed(0)
     net = RetinaNet(num_classes=3, image_size=64, score_thresh=0.0, detections_per_img=20).eval()
     contract = {"class_names": ["a", "b", "c"], "in_channels": 3, "image_size": 64, "resize_size": 64}
     contract.update(geometry="none", mean=[], std=[], score_threshold=0.5)
-    scripted = torch.jit.script(serving.Exported(net, contract))
+    contract.update(
+        task="detection", serving="cnnlab.serving.detection", outputs=list(serving.Exported.outputs)
+    )
+    module = serving.wrap(net, contract).eval()
+    formats.write("torchscript", module, torch.rand(1, 3, 64, 64), tmp_path / "model.pt", contract, False)
+    model = runtime.load(tmp_path / "model.pt")
     image = torch.randint(0, 256, (3, 72, 90), dtype=torch.uint8)
     with torch.no_grad():
-        expected = net([image.float() / 255])[0]
-    everything = scripted(image, 0.0)
+        expected = net.detect([image.float() / 255])[0]
+    outputs = model(runtime.as_batch(image, 3))
     for key in ("boxes", "scores", "labels"):
-        torch.testing.assert_close(everything[key], expected[key])
-    assert len(everything["boxes"]) == 20 and (everything["boxes"][:, 2::2] <= 90).all()
+        torch.testing.assert_close(outputs[key], expected[key])
+    assert len(outputs["boxes"]) == 20 and (outputs["boxes"][:, 2::2] <= 90).all()
+    # the contract's threshold, inside the graph: the detections it keeps
+    assert torch.equal(outputs["keep"], expected["scores"] >= 0.5)
+    (record,) = runtime.predict(model, [image])
+    assert record["threshold"] == 0.5 and len(record["detections"]) == int((expected["scores"] >= 0.5).sum())
     cut = float(expected["scores"][5])  # a threshold that keeps the six best
-    assert len(scripted(image, cut)["boxes"]) == 6
-    assert len(scripted(image)["boxes"]) == int((expected["scores"] >= 0.5).sum())  # the contract's
-    # predict's output for it: a drawn PNG and a JSON of what was kept
-    args = argparse.Namespace(model=tmp_path / "model.pt", threshold=cut, out=None)
-    serving.show(scripted, [(tmp_path / "in" / "photo.png", image)], args)
-    record = json.loads((tmp_path / "predictions" / "photo.json").read_text())
+    (record,) = runtime.predict(model, [image], threshold=cut)
     assert len(record["detections"]) == 6 and record["threshold"] == cut
-    assert record["detections"][0]["label"] in contract["class_names"]
+    # predict's output for it, beside the model by default: a drawn PNG and a JSON of what was kept
+    photo = tmp_path / "in" / "photo.png"
+    photo.parent.mkdir()
+    Image.fromarray(image.permute(1, 2, 0).numpy()).save(photo)
+    with pytest.raises(SystemExit) as exit_code:
+        predict([str(tmp_path / "model.pt"), str(photo), "--threshold", str(cut)])
+    assert exit_code.value.code == 0
+    assert capsys.readouterr().out.startswith(f"{photo}: 6 boxes: ")
+    saved = json.loads((tmp_path / "predictions" / "photo.json").read_text())
+    assert saved == record and all(
+        d["class"] == contract["class_names"][d["index"]] for d in saved["detections"]
+    )
     assert (tmp_path / "predictions" / "photo.png").is_file()
 
 
-def test_predict_summary_counts_the_classes_kept() -> None:
-    from cnnlab.serving.detection import summary
+def test_export_verification_matches_boxes_of_no_area_by_their_corners() -> None:
+    # boxes clipped to a line at the image's edge have no IoU (0 / 0): the same line is a match, another not
+    boxes = torch.tensor([[60.0, 28.0, 60.0, 31.0], [60.0, 38.0, 60.0, 41.0], [2.0, 2.0, 20.0, 20.0]])
+    found = {"boxes": boxes, "scores": torch.tensor([0.9, 0.8, 0.7]), "labels": torch.tensor([1, 1, 1])}
+    found["keep"] = torch.tensor([True, True, True])
+    assert serving.parity([found], [found]) == {
+        "boxes": 0.0,
+        "scores": 0.0,
+        "unmatched": 0.0,
+        "count": 0,
+        "compared": 3.0,
+    }
+    shifted = dict(found, boxes=boxes + torch.tensor([0.0, 0.2, 0.0, 0.2]))
+    assert serving.parity([found], [shifted])["boxes"] == pytest.approx(0.2)
+    lost = {k: v[1:] for k, v in found.items()}  # the first line is missing: the other line is no match
+    assert serving.parity([found], [lost])["unmatched"] == pytest.approx(1 / 3, abs=1e-3)
 
-    names = ["background", "person", "dog"]
-    assert summary(torch.tensor([1, 2, 1]), names) == "3 boxes: 2 person, 1 dog"
-    assert summary(torch.tensor([2]), names) == "1 box: 1 dog"
-    assert summary(torch.zeros(0, dtype=torch.int64), names) == "0 boxes"
+
+def test_predict_line_counts_the_classes_kept() -> None:
+    def kept(*names: str) -> dict:
+        return {"detections": [{"class": name} for name in names]}
+
+    assert serving.line(kept("person", "dog", "person")) == "3 boxes: 2 person, 1 dog"
+    assert serving.line(kept("dog")) == "1 box: 1 dog"
+    assert serving.line(kept()) == "0 boxes"

@@ -1,10 +1,9 @@
 """The segmentation task: its losses and metrics skip ignored pixels, a tiny run learns, the per-class IoU
-reaches metrics.json and the log, TensorBoard gets overlays, the export gives the module's class map, and
-the presets keep every mask on its pixels."""
+reaches metrics.json and the log, TensorBoard gets overlays, every export format gives the module's class map
+and predict the same records from each, and the presets keep every mask on its pixels."""
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 from functools import partial
@@ -30,8 +29,11 @@ from cnnlab.data import segmentation_presets as presets
 from cnnlab.data import transforms as T
 from cnnlab.data.samples import IGNORE_INDEX, SampleDataset
 from cnnlab.data.shapes import ShapesDataModule, ShapesDataset
-from cnnlab.serving import segmentation as serving
+from cnnlab.predict import main as predict
+from cnnlab.serving import runtime, segmentation
 from cnnlab.tasks.segmentation import SegmentationTask, class_table, cross_entropy, dice_loss, metric_names
+
+from .test_autoencoder import ALL_FORMATS, FORMAT_FILES, assert_same_records, predicted
 
 OPTIMIZER = {"_target_": "torch.optim.AdamW", "lr": 1e-3}
 # a run small enough for a test: 32 px shapes, a three-level UNet, six epochs
@@ -53,6 +55,7 @@ TINY = [
     "callbacks.model_summary=null",
     "task.figure_images=3",
 ]
+CLASSES = ["background", "circle", "square", "triangle"]
 
 
 def compose_cfg(*overrides: str, config_name: str = "train"):
@@ -74,11 +77,12 @@ class Records(logging.Handler):
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict, list[str]]:
-    """One short run of the seg_shapes_unet recipe at a tiny size, shared by the tests below."""
+    """One short run of the seg_shapes_unet recipe at a tiny size, exported in every format, shared by the
+    tests below."""
     from cnnlab.train import train
 
     out = tmp_path_factory.mktemp("seg_run")
-    cfg = compose_cfg(*TINY)
+    cfg = compose_cfg(*TINY, ALL_FORMATS)
     with open_dict(cfg):
         cfg.paths.output_dir = str(out)
         cfg.trainer.enable_progress_bar = False
@@ -141,27 +145,116 @@ def test_tensorboard_shows_overlays_and_the_dashboard_row(tiny_run: tuple[Path, 
     assert "seg_loss" in session and "aux_weight" in session
 
 
-def test_export_gives_the_class_map_of_the_checkpoint(tiny_run: tuple[Path, dict, list[str]]) -> None:
+def differing(a: object, b: object) -> float:
+    """The share of pixels whose class differs between two class maps."""
+    return float((torch.as_tensor(a) != torch.as_tensor(b)).float().mean())
+
+
+@pytest.mark.parametrize("name", FORMAT_FILES)
+def test_every_format_gives_the_class_map_of_the_checkpoint(
+    tiny_run: tuple[Path, dict, list[str]], name: str
+) -> None:
     out, record, _ = tiny_run
     task = load_task(record["best_checkpoint"]).eval()
-    exported = torch.jit.load(str(out / "export" / "model.pt"))
-    assert exported.class_names == ["background", "circle", "square", "triangle"]
+    model = runtime.load(out / "export" / name)
+    assert model.class_names == CLASSES
     datamodule = instantiate(compose_cfg(*TINY).data, spec=SegmentationTask.samples)
     datamodule.setup("test")
     raw = datamodule.load_split("test")
-    for i in range(8):
-        image, _ = raw[i]
+    batch = torch.cat([runtime.as_batch(raw[i][0], 3) for i in range(8)])
+    with torch.no_grad():
+        expected = task(torch.stack([datamodule.test_set[i][0] for i in range(8)])).argmax(1)
+    outputs = model(batch)
+    assert outputs["classes"].dtype == torch.int64 and differing(outputs["classes"], expected) <= 1e-3
+    # measured when it was written, and recorded beside it
+    described = json.loads((out / "export" / "model.json").read_text())["formats"][model.format]
+    assert described["file"] == name and described["input_shape"] == ["dynamic", 3, "dynamic", "dynamic"]
+    diffs = described["max_abs_diff"]
+    assert diffs["probabilities"] < 1e-4 and diffs["classes"] <= 1e-3  # the share of pixels that differ
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["model.pt2", "model.onnx", "model.pt"],
+)
+def test_every_format_takes_images_of_any_size(tiny_run: tuple[Path, dict, list[str]], name: str) -> None:
+    out, record, _ = tiny_run
+    task = load_task(record["best_checkpoint"]).eval()
+    model = runtime.load(out / "export" / name)
+    module = segmentation.wrap(task.net, task.contract).eval()  # what was exported, in eager mode
+    for height, width in ((45, 71), (32, 33)):
+        photo = runtime.as_batch(torch.randint(0, 256, (3, height, width), dtype=torch.uint8), 3)
+        outputs = model(photo)
+        # the class map comes back at the input's size, with the probabilities it is made of
+        assert outputs["classes"].shape == (1, height, width)
+        assert outputs["probabilities"].shape == (1, 4, height, width)
+        torch.testing.assert_close(outputs["probabilities"].sum(1), torch.ones(1, height, width))
+        assert differing(outputs["probabilities"].argmax(1), outputs["classes"]) <= 1e-3
         with torch.no_grad():
-            expected = task(datamodule.test_set[i][0].unsqueeze(0)).argmax(1)
-            got = exported(image)
-        assert torch.equal(got, expected)
-    # another size: the class map comes back at the input's size, probabilities on request
-    photo = torch.randint(0, 256, (3, 45, 71), dtype=torch.uint8)
-    assert exported(photo).shape == (1, 45, 71) and exported(photo).dtype == torch.int64
-    probs = exported.probabilities(photo)
-    assert probs.shape == (1, 4, 45, 71)
-    torch.testing.assert_close(probs.sum(1), torch.ones(1, 45, 71))
-    assert torch.equal(probs.argmax(1), exported(photo))
+            expected = module(photo)[0]
+        assert differing(outputs["classes"], expected) <= 1e-3
+
+
+def test_predict_gives_the_same_records_from_every_format(
+    tiny_run: tuple[Path, dict, list[str]], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out, _, _ = tiny_run
+    images = [tmp_path / "small.png", tmp_path / "wide.png"]
+    Image.fromarray(ShapesDataset(1, image_size=32, seed=5)[0][0].permute(1, 2, 0).numpy()).save(images[0])
+    wide = ShapesDataset(1, image_size=60, seed=6)[0][0][:, :40, :]
+    Image.fromarray(wide.permute(1, 2, 0).contiguous().numpy()).save(images[1])
+    found = {name: predicted(capsys, out / "export" / name, images) for name in FORMAT_FILES}
+    reference = found["model.pt"]
+    assert [(r["image"], r["size"]) for r in reference] == [
+        (str(images[0]), [32, 32]),
+        (str(images[1]), [40, 60]),
+    ]
+    for record in reference:
+        assert record["task"] == "segmentation" and {s["class"] for s in record["shares"]} <= set(CLASSES)
+        assert sum(s["share"] for s in record["shares"]) == pytest.approx(1.0, abs=1e-5)
+        pixels = np.bincount(np.asarray(record["classes"]).flatten(), minlength=4)
+        assert [s["index"] for s in record["shares"]] == [
+            i for i in np.argsort(-pixels, kind="stable") if pixels[i]
+        ]
+    plain = ("classes", "shares")
+    for records in found.values():
+        for got, want in zip(records, reference, strict=True):
+            # a pixel where two classes score alike may go either way: maps and shares agree within a pixel
+            assert differing(got["classes"], want["classes"]) <= 1e-3
+            shares = {s["class"]: s["share"] for s in got["shares"]}
+            assert shares == pytest.approx({s["class"]: s["share"] for s in want["shares"]}, abs=1e-3)
+            assert_same_records(
+                {k: v for k, v in got.items() if k not in plain},
+                {k: v for k, v in want.items() if k not in plain},
+            )
+
+
+def test_predict_writes_a_palette_mask_and_an_overlay_per_image(
+    tiny_run: tuple[Path, dict, list[str]], tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    out, _, _ = tiny_run
+    photo = ShapesDataset(1, image_size=48, seed=3)[0][0][:, :40, :]
+    paths = [tmp_path / "a" / "photo.png", tmp_path / "b" / "photo.png"]  # one name, two folders: b_photo
+    for path in paths:
+        path.parent.mkdir()
+        Image.fromarray(photo.permute(1, 2, 0).contiguous().numpy()).save(path)
+    with pytest.raises(SystemExit) as exit_code:
+        predict([str(out / "export" / "model.pt"), *map(str, paths), "--out", str(tmp_path / "preds")])
+    assert exit_code.value.code == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert [line.split(": ")[0] for line in printed[:2]] == [str(p) for p in paths]
+    assert printed[0].endswith(f" -> {tmp_path / 'preds' / 'photo_mask.png'}")
+    assert printed[2] == f"masks and overlays written to {tmp_path / 'preds'}"
+    model = runtime.load(out / "export" / "model.pt")
+    expected = model(runtime.as_batch(photo, 3))["classes"][0].numpy()
+    for stem in ("photo", "b_photo"):
+        mask = Image.open(tmp_path / "preds" / f"{stem}_mask.png")
+        overlay = Image.open(tmp_path / "preds" / f"{stem}_overlay.png")
+        assert mask.mode == "P" and overlay.mode == "RGB" and mask.size == overlay.size == (48, 40)
+        assert np.array_equal(np.asarray(mask), expected)
+    # the line leads with the class covering most pixels
+    largest = CLASSES[int(np.bincount(expected.flatten(), minlength=4).argmax())]
+    assert printed[0].split(": ")[1].startswith(f"{largest} ")
 
 
 def test_evaluate_reproduces_the_test_metrics(tiny_run: tuple[Path, dict, list[str]], tmp_path: Path) -> None:
@@ -175,30 +268,6 @@ def test_evaluate_reproduces_the_test_metrics(tiny_run: tuple[Path, dict, list[s
     metrics = evaluate(cfg)
     for key in ("test/miou", "test/dice", "test/pixel_acc", "test/iou/circle"):
         assert metrics[key] == pytest.approx(record[key], abs=1e-6), key
-
-
-def test_predict_writes_a_palette_mask_and_an_overlay_per_image(
-    tiny_run: tuple[Path, dict, list[str]], tmp_path: Path, capsys: pytest.CaptureFixture
-) -> None:
-    out, _, _ = tiny_run
-    model = torch.jit.load(str(out / "export" / "model.pt"))
-    photo = ShapesDataset(1, image_size=48, seed=3)[0][0][:, :40, :]
-    paths = [tmp_path / "a" / "photo.png", tmp_path / "b" / "photo.png"]  # one name, two folders
-    args = argparse.Namespace(
-        model=out / "export" / "model.pt", out=tmp_path / "preds", alpha=0.5, probabilities=False
-    )
-    serving.show(model, [(path, photo) for path in paths], args)
-    printed = capsys.readouterr().out.splitlines()
-    assert [line.split(": ")[0] for line in printed[:2]] == [str(p) for p in paths]
-    assert printed[2] == f"masks and overlays written to {tmp_path / 'preds'}"
-    expected = model(photo)[0].numpy()
-    for stem in ("photo", "photo_2"):
-        mask = Image.open(tmp_path / "preds" / f"{stem}_mask.png")
-        overlay = Image.open(tmp_path / "preds" / f"{stem}_overlay.png")
-        assert mask.mode == "P" and overlay.mode == "RGB" and mask.size == overlay.size == (48, 40)
-        assert np.array_equal(np.asarray(mask), expected)
-    names = [name for name, _ in serving.pixel_shares(expected, model.class_names)]
-    assert printed[0].split(": ")[1].split(", ")[0].startswith(names[0])
 
 
 # --- losses and metrics -------------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ import torch
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, Sampler, Subset
 
 from cnnlab.data import transforms as T
-from cnnlab.data.samples import SampleDataset, SampleSpec, label_collate
+from cnnlab.data.samples import SampleDataset, SampleSpec, as_image, label_collate
 from cnnlab.errors import ClassCountError
 
 log = logging.getLogger(__name__)
@@ -223,6 +223,12 @@ class ImageDataModule(L.LightningDataModule):
 
     def predict_dataloader(self) -> DataLoader:
         return self._loader(self.test_set)
+
+    def sample_images(self, count: int = 4) -> list[torch.Tensor]:
+        """The first ``count`` validation images as the files hold them (C, H, W), before any transform:
+        what an export is verified on."""
+        _, val, _ = self._raw_splits()
+        return [as_image(val[i][0]).as_subclass(torch.Tensor) for i in range(min(count, len(val)))]
 
     # --- the contract exported models carry --------------------------------------------------------------
 

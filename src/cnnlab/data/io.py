@@ -9,7 +9,9 @@ and Pillow only: ``cnnlab.predict`` and exported-model tooling import it without
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -25,6 +27,10 @@ class ImageReadError(DataError):
     """A file that cannot be read as an image; the message names the file and the reason."""
 
 
+class ImageTooLargeError(ImageReadError):
+    """An image with more pixels than allowed (a web upload, say)."""
+
+
 def read_image(path: str | Path, channels: int) -> torch.Tensor:
     """The image file at ``path`` as a tensor (channels, H, W), uint8 or uint16 as the file stores it."""
     path = Path(path)
@@ -36,19 +42,43 @@ def read_image(path: str | Path, channels: int) -> torch.Tensor:
         raise ImageReadError(f"{path}: no such file") from err
     if size == 0:
         raise ImageReadError(f"{path}: the file is empty (0 bytes)")
+    with open(path, "rb") as file:
+        return decode_image(file, channels, name=str(path))
+
+
+def decode_image(
+    source: BinaryIO | bytes, channels: int, name: str = "the image", max_pixels: int | None = None
+) -> torch.Tensor:
+    """An image file's contents (a binary file or bytes) as a tensor (channels, H, W), uint8 or uint16.
+
+    ``max_pixels`` refuses larger images from their header, before anything is decoded.
+    """
+    if isinstance(source, bytes):
+        if not source:
+            raise ImageReadError(f"{name}: the file is empty (0 bytes)")
+        source = io.BytesIO(source)
     try:
-        with Image.open(path) as image:
+        with Image.open(source) as image:
+            if max_pixels is not None and image.width * image.height > max_pixels:
+                raise ImageTooLargeError(
+                    f"{name}: {image.width} x {image.height} px is {image.width * image.height / 1e6:.1f} "
+                    f"megapixels, more than the {max_pixels / 1e6:g} megapixels allowed"
+                )
             image.load()  # decodes now: a truncated file fails here, naming itself
             if image.mode in WIDE_GREY_MODES:
                 array = np.array(image).astype(np.int64).clip(0, 65535).astype(np.uint16)
                 return torch.from_numpy(array)[None].expand(channels, -1, -1).contiguous()
             array = np.array(image.convert("L" if channels == 1 else "RGB"))  # writable: torch shares it
+    except ImageReadError:
+        raise
     except UnidentifiedImageError as err:
-        raise ImageReadError(f"{path}: not an image (no reader recognises its contents)") from err
+        raise ImageReadError(f"{name}: not an image (no reader recognises its contents)") from err
+    except Image.DecompressionBombError as err:
+        raise ImageTooLargeError(f"{name}: too large to decode safely ({err})") from err
     except (OSError, SyntaxError, ValueError) as err:  # Pillow's truncated and malformed files
         truncated = "truncated" in str(err).lower()
         reason = "truncated (an interrupted copy or download?)" if truncated else str(err)
-        raise ImageReadError(f"{path}: unreadable image: {reason}") from err
+        raise ImageReadError(f"{name}: unreadable image: {reason}") from err
     tensor = torch.from_numpy(array)
     return tensor[None] if tensor.dim() == 2 else tensor.permute(2, 0, 1).contiguous()
 

@@ -4,8 +4,8 @@ Every step is a ``torchvision.transforms.v2`` transform applied to a sample's im
 ``cnnlab.data.samples``): masks follow the image with nearest-neighbour resizing, boxes are moved and clipped.
 Evaluation converts to float in [0, 1] (by the image's bit depth), applies the task's geometry (``crop``:
 resize the shorter side and centre-crop; ``resize``: the shorter side only; ``none``) and normalises.
-``Preprocess`` runs the same torchvision kernels inside exported models, so a checkpoint and its export see
-identical inputs.
+``cnnlab.serving.preprocess.Preprocess`` computes the same inside exported models (tested equal), so a
+checkpoint and its export see identical inputs.
 Augmentation presets (the ``augmentation`` config group) are functions that return training steps; geometric
 presets end at ``image_size`` pixels.
 """
@@ -23,59 +23,12 @@ from torchvision.transforms.v2 import functional as F
 
 from cnnlab.data.io import to_unit_range
 from cnnlab.data.samples import IGNORE_INDEX
+from cnnlab.serving.preprocess import GEOMETRIES
 
 AugmentationFactory = Callable[..., list[nn.Module]]
 
-GEOMETRIES = ("crop", "resize", "none")
 #: what geometric steps pad with: black pixels, and the ignored class in masks
 FILL = {tv_tensors.Mask: IGNORE_INDEX, "others": 0}
-
-
-class Preprocess(nn.Module):
-    """Scale to [0, 1], apply the evaluation geometry and normalise: an image (C, H, W) or a batch.
-
-    TorchScript-able, for exported models; the kernels are those of ``eval_transform``'s steps.
-    """
-
-    # real types for TorchScript, which cannot tell an empty list's (no normalisation) from the value, and
-    # reads no postponed annotations
-    __annotations__ = {"mean": list[float], "std": list[float]}
-
-    def __init__(
-        self,
-        geometry: str,
-        image_size: int,
-        resize_size: int,
-        mean: Sequence[float] = (),
-        std: Sequence[float] = (),
-    ) -> None:
-        super().__init__()
-        if geometry not in GEOMETRIES:
-            raise ValueError(f"geometry={geometry!r}: choose one of {', '.join(GEOMETRIES)}")
-        self.geometry, self.image_size, self.resize_size = geometry, int(image_size), int(resize_size)
-        self.mean, self.std = [float(v) for v in mean], [float(v) for v in std]
-
-    @classmethod
-    def from_contract(cls, contract: dict, geometry: str) -> Preprocess:
-        """The preprocessing an exported model's contract describes (``geometry`` where it names none)."""
-        return cls(
-            contract.get("geometry", geometry),
-            contract["image_size"],
-            contract["resize_size"],
-            contract.get("mean", []),
-            contract.get("std", []),
-        )
-
-    def forward(self, image: Tensor) -> Tensor:
-        x = to_unit_range(image)
-        if self.geometry == "crop":
-            x = F.resize_image(x, [self.resize_size], antialias=True)
-            x = F.center_crop_image(x, [self.image_size, self.image_size])
-        elif self.geometry == "resize":
-            x = F.resize_image(x, [self.image_size], antialias=True)
-        if len(self.mean) > 0:
-            x = F.normalize_image(x, self.mean, self.std)
-        return x
 
 
 class WideToFloat(v2.Transform):
@@ -93,7 +46,7 @@ class Evaluate(v2.Transform):
     """Scale to [0, 1], the evaluation geometry and normalisation, on a sample's image and target together.
 
     One step rather than four v2 transforms: each v2 step takes the sample apart and puts it together again,
-    which costs more than the arithmetic on small images. The kernels are ``Preprocess``'s.
+    which costs more than the arithmetic on small images.
     """
 
     def __init__(
@@ -222,5 +175,5 @@ def eval_transform(
     std: Sequence[float] | None,
     geometry: str = "crop",
 ) -> v2.Transform:
-    """The evaluation pipeline, the same computation as ``Preprocess`` inside exported models."""
+    """The evaluation pipeline, the same computation as exported models' ``Preprocess``."""
     return Evaluate(geometry, image_size, resize_size, mean, std)

@@ -16,7 +16,7 @@ from torchvision.transforms.v2 import functional as F
 from torchvision.utils import make_grid
 
 from cnnlab.figures import FigureCallback
-from cnnlab.serving.detection import draw
+from cnnlab.serving import draw
 
 #: the side of the square each image is shown in
 DISPLAY = 256
@@ -88,7 +88,9 @@ def panel(
     scale = DISPLAY / max(height, width)
     size = [max(1, round(height * scale)), max(1, round(width * scale))]
     shown = F.resize(image, size, antialias=True)
-    drawn = draw(shown, boxes * scale, labels, names, scores)
+    drawn = torch.from_numpy(draw.boxes(shown, boxes * scale, labels.tolist(), names, scores)).permute(
+        2, 0, 1
+    )
     return torch.nn.functional.pad(drawn, [0, DISPLAY - size[1], 0, DISPLAY - size[0]], value=255)
 
 

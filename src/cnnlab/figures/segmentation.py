@@ -12,7 +12,7 @@ from torch import Tensor
 
 from cnnlab.data.samples import IGNORE_INDEX
 from cnnlab.figures import FigureCallback, denormalize
-from cnnlab.serving.segmentation import overlay, palette
+from cnnlab.serving import draw
 
 
 class SegmentationFigures(FigureCallback):
@@ -70,11 +70,11 @@ def overlays_figure(
     for row, (image, mask, pred) in zip(axes, samples, strict=False):
         picture = denormalize(image, contract.get("mean", []), contract.get("std", [])).permute(2, 0, 1)
         truth, predicted = mask.numpy(), pred.numpy()
-        row[0].imshow(overlay(picture, np.zeros_like(predicted)))
-        row[1].imshow(overlay(picture, truth, alpha))
-        row[2].imshow(overlay(picture, predicted, alpha))
+        row[0].imshow(draw.rgb(picture))
+        row[1].imshow(draw.classes(picture, truth, alpha))
+        row[2].imshow(draw.classes(picture, predicted, alpha))
         shown |= set(np.unique(truth).tolist()) | set(np.unique(predicted).tolist())
-    colours = palette()
+    colours = draw.palette()
     labels = {**dict(enumerate(names)), IGNORE_INDEX: "ignored"}
     handles = [Patch(color=colours[k] / 255, label=labels.get(k, str(k))) for k in sorted(shown) if k != 0]
     if handles:

@@ -83,4 +83,8 @@ class UNet(StagedNet):
         y = skips[-1]
         for i, block in enumerate(self.decoder):
             y = block(y, skips[-2 - i])
-        return self.head(y)[:, :, :height, :width]
+        scores = self.head(y)
+        # rows and columns picked rather than sliced: an exported graph then keeps any input size open
+        # (a slice's end would be compared with the padded size)
+        rows, columns = torch.arange(height, device=x.device), torch.arange(width, device=x.device)
+        return scores.index_select(-2, rows).index_select(-1, columns)

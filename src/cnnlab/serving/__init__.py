@@ -1,6 +1,13 @@
-"""Exported models and what ``predict`` shows of them, one module per task; torch and torchvision only.
+"""Exported models, format-agnostic: one module per task, one per file format, one drawing module.
 
-Each module holds ``Exported`` (the network with its preprocessing and output step, TorchScript-able, with the
-contract as attributes) and ``add_arguments`` / ``show`` for ``cnnlab.predict``. An exported model names its
-module in its ``serving`` attribute, so ``predict`` (and any app) finds the right one without a task list.
+- ``<task>.py``: ``wrap(net, contract)`` (preprocessing, the network and the task's outputs in one graph with
+  a ``forward`` alone; thresholds and statistics as buffers; ``outputs`` names what it returns),
+  ``records(outputs, contract, sizes, options)`` (plain, JSON-ready results), and how ``predict`` and the
+  app show them: ``line``, ``picture``, ``save``, ``add_arguments``.
+- ``formats.py``: how each format (``.pt2``, ``.onnx``, ``.pt``) is written and loaded into a callable, the
+  contract inside the file.
+- ``runtime.py``: ``load(path)`` gives a ``Model`` whatever the format, ``predict(model, images)`` records.
+- ``draw.py``: overlays, heat maps and boxes for TensorBoard figures, ``predict`` and the app alike.
+
+Nothing here imports Lightning, Hydra or cnnlab's training code; a model's contract names its task's module.
 """
