@@ -197,7 +197,8 @@ def write_yolo(
 ) -> Path:
     """Write a YOLO dataset (``data.yaml``, ``images/{train,val}``, ``labels/{train,val}``); return the YAML.
 
-    The last scene goes to val, the others to train; scenes without rectangles get no label file.
+    The last scene goes to val, the others to train; scenes without rectangles get an empty label file
+    (a background image, as YOLO's tools write it).
     """
     root = Path(root)
     for number, scene in enumerate(scenes):
@@ -205,14 +206,13 @@ def write_yolo(
         for sub in ("images", "labels"):
             (root / sub / split).mkdir(parents=True, exist_ok=True)
         draw(scene).save(root / "images" / split / f"{scene.name}.png")
-        if scene.rects:
-            (root / "labels" / split / f"{scene.name}.txt").write_text(
-                "".join(
-                    f"{r.label} {(r.x0 + r.x1) / 2 / scene.width:.6f} {(r.y0 + r.y1) / 2 / scene.height:.6f} "
-                    f"{(r.x1 - r.x0) / scene.width:.6f} {(r.y1 - r.y0) / scene.height:.6f}\n"
-                    for r in scene.rects
-                )
+        (root / "labels" / split / f"{scene.name}.txt").write_text(
+            "".join(
+                f"{r.label} {(r.x0 + r.x1) / 2 / scene.width:.6f} {(r.y0 + r.y1) / 2 / scene.height:.6f} "
+                f"{(r.x1 - r.x0) / scene.width:.6f} {(r.y1 - r.y0) / scene.height:.6f}\n"
+                for r in scene.rects
             )
+        )
     dataset_yaml = root / "data.yaml"
     names = dict(names) if isinstance(names, dict) else list(names)
     dataset_yaml.write_text(

@@ -34,6 +34,15 @@ MAX_TEST_COLUMNS = 6
 class SweepReport(Callback):
     """Hydra callback: ``status.json`` per job (with start and end times), results tables per sweep."""
 
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        # what no job of the sweep could survive is refused before the first one starts
+        from cnnlab.config import ddp_in_sweep, sweep_strategies
+
+        problem = ddp_in_sweep(sweep_strategies(config), str(config.hydra.launcher.get("_target_", "")))
+        if problem:
+            print(f"cnnlab: {problem}", file=sys.stderr)
+            sys.exit(2)
+
     def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
         if os.environ.get("LOCAL_RANK", "0") != "0":
             return

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -112,3 +113,21 @@ def test_yaml_without_names(dataset_yaml: Path) -> None:
 def test_label_path_replaces_the_last_images_folder() -> None:
     image = Path("/data/images/coco/images/train/a.b.jpg")
     assert label_path(image) == Path("/data/images/coco/labels/train/a.b.txt")
+
+
+def test_a_split_without_its_label_files_is_refused_naming_the_folder(dataset_yaml: Path) -> None:
+    labels = dataset_yaml.parent / "labels"
+    for path in (labels / "train").iterdir():
+        path.unlink()
+    with pytest.raises(
+        DatasetFormatError, match=rf"train: 2 of 2 images have no label file; looked in {labels}"
+    ):
+        YoloFolder(dataset_yaml, "train")
+
+
+def test_a_few_images_without_a_label_file_are_background_images(tmp_path: Path) -> None:
+    scenes = [*SCENES[:2], *[replace(scene, name=f"{scene.name}_2") for scene in SCENES]]
+    dataset_yaml = write_yolo(tmp_path / "pets", scenes=scenes)
+    (tmp_path / "pets" / "labels" / "train" / "scene_a.txt").unlink()
+    train = YoloFolder(dataset_yaml, "train")
+    assert len(train) == 4 and len(train[0][1]["boxes"]) == 0

@@ -5,11 +5,13 @@ from the YAML's folder), each split's images (``train``, ``val``, ``test``: a fo
 images, or a list of those) and the classes (``names``: a list or ``{index: name}``; ``nc`` optional).
 An image's labels sit where its path has ``labels`` for its last ``images`` folder and ``.txt`` for its
 suffix; each line is ``class cx cy w h`` with coordinates normalised to [0, 1]. An image without a label
-file has no objects. ``YoloDataModule`` serves the boxes to the detection task.
+file has no objects (a background image), but a split where most images lack one is refused: its labels
+are elsewhere. ``YoloDataModule`` serves the boxes to the detection task.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -25,6 +27,8 @@ from torchvision.ops import box_convert
 from cnnlab.data.base import ImageDataModule
 from cnnlab.data.errors import DatasetFormatError, DatasetNotFoundError
 from cnnlab.data.io import read_image
+
+log = logging.getLogger(__name__)
 
 # labelling tools round coordinates; a value this far outside [0, 1] is still taken (and clamped)
 TOLERANCE = 1e-3
@@ -50,7 +54,9 @@ class YoloFolder(Dataset):
         self.images = [image for entry in entries for image in self._list_images(str(entry))]
         if not self.images:
             raise DatasetFormatError(f"{split}: {config[split]} in {self.dataset_yaml} holds no images")
-        self.objects = [self._read_labels(label_path(image)) for image in self.images]
+        labels = [label_path(image) for image in self.images]
+        self._check_labels_present(split, labels)
+        self.objects = [self._read_labels(path) for path in labels]
 
     def __len__(self) -> int:
         return len(self.images)
@@ -92,6 +98,27 @@ class YoloFolder(Dataset):
             p
             for p in path.rglob("*")
             if p.suffix.lower() in IMG_EXTENSIONS and not p.name.startswith(".") and p.is_file()
+        )
+
+    def _check_labels_present(self, split: str, labels: list[Path]) -> None:
+        """An image without a label file is a background image, but a split of mostly such images is a
+        dataset whose labels are elsewhere: it would train and score on no boxes at all."""
+        missing = [path for path in labels if not path.is_file()]
+        if len(missing) * 2 <= len(labels):
+            if missing:
+                log.info(
+                    "data: %s: %d of %d images have no label file (background images)",
+                    split,
+                    len(missing),
+                    len(labels),
+                )
+            return
+        folders = sorted({str(path.parent) for path in missing})
+        raise DatasetFormatError(
+            f"{split}: {len(missing)} of {len(labels)} images have no label file; looked in "
+            f"{', '.join(folders[:3])}{' ...' if len(folders) > 3 else ''} (YOLO keeps each image's labels "
+            "where its path has labels/ for images/ and .txt for its suffix). Put the label files there; a "
+            "background image takes an empty one."
         )
 
     def _read_labels(self, path: Path) -> tuple[np.ndarray, np.ndarray]:
