@@ -225,20 +225,6 @@ def test_freeze_depth_sweep_runs_every_depth(tmp_path: Path) -> None:
         assert f"{frozen} of 3 stages frozen at epoch 0" in log
 
 
-def test_ddp_inside_a_multirun_is_refused(tmp_path: Path) -> None:
-    proc = run(
-        str(ROOT / "train.py"),
-        "-m",
-        "trainer=ddp_sim",
-        "debug=fdr",
-        f"hydra.sweep.dir={tmp_path}",
-        *QUIET,
-        check=False,
-    )
-    assert proc.returncode != 0
-    assert "cannot run inside a sweep" in proc.stdout + proc.stderr
-
-
 @pytest.mark.slow
 def test_ddp_sim_trains_with_two_cpu_processes(tmp_path: Path) -> None:
     out = tmp_path / "ddp"

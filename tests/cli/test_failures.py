@@ -103,6 +103,7 @@ def test_an_offline_dataset_is_one_message_naming_the_files(tmp_path: Path) -> N
     assert console.count("cnnlab:") == 1
 
 
+@pytest.mark.slow  # a run of its own, stopped by a signal: timing-dependent on a loaded machine
 def test_ctrl_c_marks_the_run_interrupted_with_the_command_that_resumes(tmp_path: Path) -> None:
     out = tmp_path / "run"
     env = dict(os.environ, CUDA_VISIBLE_DEVICES="")
@@ -131,6 +132,7 @@ def test_a_run_folder_with_a_comma_resumes(tmp_path: Path) -> None:
     assert torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 1
 
 
+@pytest.mark.slow  # a sweep of train.py jobs
 def test_a_failed_job_of_a_sweep_says_so_as_it_fails(tmp_path: Path) -> None:
     sweep = tmp_path / "sweep"
     proc = run(

@@ -16,6 +16,10 @@ ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
 
 
+# a sweep of two train.py jobs of a task defined in the tests' own files
+pytestmark = pytest.mark.slow
+
+
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """`python train.py -m task=brightness optimizer.lr=...`: two jobs of a task cnnlab does not know."""
