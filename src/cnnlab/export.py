@@ -125,6 +125,14 @@ def export_one(
         "export_seconds": round(seconds, 2),
         "input_shape": ["dynamic" if d is None else d for d in loaded.runner.shape],
         "max_abs_diff": compare(expected, got),
+        # each size alone: a graph fixed to the training size matches there, and differs by the resizing
+        "max_abs_diff_by_size": {
+            f"{b.shape[-2]}x{b.shape[-1]}": compare(
+                [e for e, c in zip(expected, batches, strict=True) if c.shape == b.shape],
+                [g for g, c in zip(got, batches, strict=True) if c.shape == b.shape],
+            )
+            for b in {tuple(c.shape): c for c in batches}.values()
+        },
     }
 
 
