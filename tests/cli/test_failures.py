@@ -119,7 +119,8 @@ def test_ctrl_c_marks_the_run_interrupted_with_the_command_that_resumes(tmp_path
         time.sleep(0.2)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130 and "Traceback" not in err
+    # the console's tail says where a signal that did not stop the run went
+    assert proc.returncode == 130 and "Traceback" not in err, err[-3000:]
     status = json.loads((out / "status.json").read_text())
     assert status["status"] == "interrupted" and f"python train.py resume={out}" in status["reason"]
 
