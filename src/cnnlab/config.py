@@ -105,8 +105,14 @@ def check_pairing(cfg: DictConfig) -> None:
             f"but task={task} trains a network that returns {OUTPUTS[wanted]}. "
             f"Models for task={task}: {', '.join(fitting) or 'none'}."
         )
-    provides = getattr(data_cls, "provides", None)
-    have = set(provides(cfg.data.get("normal_classes"))) if provides else set()
+    check_data_serves(task_cls, cfg.data, task, picked.get("data", data_cls.__name__))
+    check_anomalies_left(cfg, task_cls)
+
+
+def check_data_serves(task_cls: type, data: DictConfig, task: str, data_name: str) -> None:
+    """Refuse a dataset without what the task needs (labels, masks, boxes), naming the datasets that fit."""
+    provides = getattr(get_class(data._target_), "provides", None)
+    have = set(provides(data.get("normal_classes"))) if provides else set()
     missing = [key for key in task_cls.samples.needs if key not in have]
     if missing:
         fitting = options(
@@ -119,10 +125,9 @@ def check_pairing(cfg: DictConfig) -> None:
         )
         raise ConfigError(
             f"task={task} needs {' and '.join(TARGET_KEYS[k] for k in missing)}, which "
-            f"data={picked.get('data', data_cls.__name__)} does not have.{hint} "
+            f"data={data_name} does not have.{hint} "
             f"Datasets for task={task}: {', '.join(fitting) or 'none'}."
         )
-    check_anomalies_left(cfg, task_cls)
 
 
 def check_anomalies_left(cfg: DictConfig, task_cls: type) -> None:

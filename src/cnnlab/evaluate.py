@@ -1,7 +1,9 @@
 """Evaluate a checkpoint on its dataset's test split: ``python -m cnnlab.evaluate ckpt_path=CKPT``.
 
 The network, task and dataset come from the config saved in the checkpoint; ``data.*`` overrides (say
-``data.root=...`` on another machine) are merged over it. Metrics are printed and written to metrics.json.
+``data.root=...`` on another machine) are merged over it. ``data=NAME`` reads another dataset of the same task
+and classes (a detector trained on YOLO files tested on a COCO export) with the checkpoint's image size,
+channels and normalisation. Metrics are printed and written to metrics.json.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import hydra
-from hydra.utils import instantiate
+from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from cnnlab import CONF_DIR, checkpoints, config, runs
@@ -28,8 +30,12 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     config.check_values(cfg)
     ckpt_path = Path(cfg.ckpt_path)
     saved = OmegaConf.create(checkpoints.run_config(checkpoints.read_checkpoint(ckpt_path)))
-    data_cfg = OmegaConf.merge(saved.data, cfg.get("data") or {})
+    data_cfg = evaluation_data(saved, cfg.get("data") or OmegaConf.create({}))
     config.check_values(OmegaConf.create({"data": data_cfg}))
+    task_cls = get_class(saved.task._target_)
+    config.check_data_serves(
+        task_cls, data_cfg, task_cls.name, config.choices().get("data", data_cfg._target_.rsplit(".", 1)[-1])
+    )
     task = checkpoints.load_task(ckpt_path)
     with config.explained("data"):
         datamodule = instantiate(data_cfg, _partial_=True)(augmentation=None, spec=task.samples)
@@ -48,6 +54,24 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     )
     log.info("metrics: %s", {k: round(v, 4) for k, v in record.items() if isinstance(v, float)})
     return record
+
+
+#: what the network was trained to see: another dataset is read as the checkpoint's own was
+AS_TRAINED = ("image_size", "resize_size", "in_channels", "mean", "std", "normal_classes", "seed")
+
+
+def evaluation_data(saved: DictConfig, given: DictConfig) -> DictConfig:
+    """The checkpoint's data config with ``data.*`` overrides, or another reader's (``data=NAME``)."""
+    target = given.get("_target_")
+    if target is None or target == saved.data._target_:
+        return OmegaConf.merge(saved.data, given)
+    chosen = OmegaConf.merge(given, {k: saved.data[k] for k in AS_TRAINED if k in saved.data and k in given})
+    log.info(
+        "evaluating on %s, read as the checkpoint was trained: %s",
+        target.rsplit(".", 1)[-1],
+        ", ".join(f"{k}={chosen[k]}" for k in AS_TRAINED if k in chosen),
+    )
+    return chosen
 
 
 def check_classes(datamodule: Any, trained: list[str] | None, ckpt_path: Path) -> None:
@@ -79,8 +103,24 @@ def _hydra_main(cfg: DictConfig) -> None:
 
 
 def data_overrides(argv: list[str]) -> list[str]:
-    """``data.KEY=VALUE`` adds to the checkpoint's data config; Hydra must be told so (``++``)."""
-    return [f"++{a}" if a.startswith("data.") else a for a in argv]
+    """``data.KEY=VALUE`` adds to the checkpoint's data config; Hydra must be told so (``++``).
+
+    ``+data=NAME`` means ``data=NAME``; a reader class given as ``data._target_`` would keep the checkpoint
+    reader's keys, which another reader does not take, so it is refused for ``data=NAME``.
+    """
+    given = []
+    for arg in argv:
+        key = arg.lstrip("+").split("=", 1)[0]
+        if key == "data._target_":
+            sys.exit(
+                f"cnnlab-eval: {arg}: choose another dataset with data=NAME (one of "
+                f"{', '.join(config.options('data', lambda c: True))}) and its data.* keys"
+            )
+        if key == "data":
+            given.append(arg.lstrip("+"))
+        else:
+            given.append(f"++{arg.lstrip('+')}" if key.startswith("data.") else arg)
+    return given
 
 
 def main() -> None:

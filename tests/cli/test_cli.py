@@ -90,6 +90,53 @@ def checkpoint_top1(cli_run: Path, digit_files: list[Path]) -> list[str]:
         return [c["class_names"][i] for i in task(batch.as_subclass(torch.Tensor)).argmax(1).tolist()]
 
 
+def test_eval_reads_another_dataset_of_the_checkpoints_classes_as_it_was_trained(
+    cli_run: Path, tmp_path: Path
+) -> None:
+    """A digits checkpoint tested on the same kind of digits stored as a photo folder (data=image_folder)."""
+    from sklearn.datasets import load_digits
+
+    labels = load_digits().target
+    picked = {k: [i for i in range(len(labels) - 1, -1, -1) if labels[i] == k][:2] for k in range(10)}
+    files = []
+    for k, indices in picked.items():
+        for split in ("train", "test"):
+            (tmp_path / "photos" / split / str(k)).mkdir(parents=True)
+        write_digit_png(tmp_path / "photos" / "train" / str(k) / "0.png", index=indices[0])
+        files += [
+            (write_digit_png(tmp_path / "photos" / "test" / str(k) / f"{i}.png", index=i), k) for i in indices
+        ]
+    out = tmp_path / "eval"
+    proc = run(
+        "-m",
+        "cnnlab.evaluate",
+        f"ckpt_path={cli_run / 'checkpoints' / 'best.ckpt'}",
+        "data=image_folder",
+        f"data.root={tmp_path / 'photos'}",
+        "data.num_workers=0",
+        f"hydra.run.dir={out}",
+        "trainer.accelerator=cpu",
+    )
+    assert "read as the checkpoint was trained: image_size=16" in proc.stdout + proc.stderr
+    task = load_task(cli_run / "checkpoints" / "best.ckpt").eval()
+    c = task.contract
+    transform = eval_transform(c["image_size"], c["resize_size"], c["mean"], c["std"], c["geometry"])
+    batch = torch.stack([transform(tv_tensors.Image(read_image(path, 1))) for path, _ in files])
+    with torch.no_grad():
+        predicted = task(batch.as_subclass(torch.Tensor)).argmax(1)
+    expected = (predicted == torch.tensor([k for _, k in files])).float().mean().item()
+    assert json.loads((out / "metrics.json").read_text())["test/acc"] == pytest.approx(expected, abs=1e-6)
+
+
+def test_eval_refuses_a_dataset_the_checkpoints_task_cannot_use(cli_run: Path, tmp_path: Path) -> None:
+    ckpt = f"ckpt_path={cli_run / 'checkpoints' / 'best.ckpt'}"
+    proc = run("-m", "cnnlab.evaluate", ckpt, "+data=shapes", f"hydra.run.dir={tmp_path}", check=False)
+    console = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "Traceback" not in console, console[-2000:]
+    assert "task=classification needs a class label per image, which data=shapes does not have" in console
+    assert "Datasets for task=classification:" in console and "image_folder" in console
+
+
 @pytest.mark.parametrize("name", FORMAT_FILES)
 def test_predict_cli_gives_the_checkpoints_classes_from_every_format_without_the_training_code(
     cli_run: Path, digit_files: list[Path], checkpoint_top1: list[str], name: str

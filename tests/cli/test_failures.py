@@ -359,3 +359,8 @@ def test_eval_takes_data_keys_as_written_in_the_readme() -> None:
         "++data.root=/photos",
         "trainer.accelerator=cpu",
     ]
+    assert data_overrides(["+data=coco", "data.root=/coco"]) == ["data=coco", "++data.root=/coco"]
+    with pytest.raises(
+        SystemExit, match=r"data._target_=x.Reader: choose another dataset with data=NAME.*coco"
+    ):
+        data_overrides(["data._target_=x.Reader"])
