@@ -345,3 +345,94 @@ def sweep_strategies(cfg: DictConfig) -> list[str]:
         elif key == "trainer.strategy":
             found += values
     return found
+
+
+def sweep_problem(cfg: DictConfig) -> str | None:
+    """What no job of a multirun could survive, found before the first one starts, or None.
+
+    DDP inside the sweep, a search's spaces, sampler and pruner, and what each Ray job asks for against what
+    the Ray cluster has (a request no node can meet waits for ever).
+    """
+    launcher = cfg.hydra.launcher
+    target = str(launcher.get("_target_", ""))
+    problem = ddp_in_sweep(sweep_strategies(cfg), target)
+    if problem is None and str(cfg.hydra.sweeper.get("_target_", "")).endswith("OptunaSearch"):
+        from cnnlab.search import search_problem
+
+        problem = search_problem(OmegaConf.to_container(cfg.hydra.sweeper, resolve=True))
+    if problem is None and target.endswith("RayLauncher"):
+        ray_cfg = OmegaConf.to_container(launcher.ray, resolve=True)
+        problem = ray_problem(dict(ray_cfg.get("init") or {}), dict(ray_cfg.get("remote") or {}))
+    return problem
+
+
+def ray_problem(init: dict[str, Any], remote: dict[str, Any]) -> str | None:
+    """A misspelt Ray option, or a job's request (CPUs, GPUs, resources) larger than any node holds."""
+    import inspect
+
+    import ray
+
+    try:
+        if remote:  # Ray's own check of the option names and values; nothing runs
+            ray.remote(**remote)(_no_op)
+    except (ValueError, TypeError) as err:
+        return f"hydra.launcher.ray.remote: {err}"
+    known = set(inspect.signature(ray.init).parameters) - {"kwargs"}
+    unknown = sorted(k for k in init if k not in known and not k.startswith("_"))
+    if unknown:
+        return (
+            f"hydra.launcher.ray.init.{unknown[0]} is not an option of ray.init; it takes "
+            f"{', '.join(sorted(known))}"
+        )
+    have = cluster_resources(init)
+    asked = {
+        "CPU": remote.get("num_cpus", 1),
+        "GPU": remote.get("num_gpus", 0),
+        **(remote.get("resources") or {}),
+    }
+    names = {"CPU": "num_cpus", "GPU": "num_gpus"}
+    for resource, amount in asked.items():
+        if amount and amount > have.get(resource, 0):
+            key = names.get(resource, f"resources.{resource}")
+            most = f"{have.get(resource, 0):g}"
+            where = (
+                f"this machine has {most}"
+                if init.get("address") is None
+                else f"no node of the Ray cluster at {init['address']} has more than {most}"
+            )
+            return (
+                f"hydra.launcher.ray.remote.{key}={amount}: each job asks for {amount} {resource}, but "
+                f"{where}, so no job would ever start. Ask for at most {most} (without GPUs: "
+                "hydra.launcher.ray.remote.num_gpus=0), or run the sweep where the resources are."
+            )
+    return None
+
+
+def cluster_resources(init: dict[str, Any]) -> dict[str, float]:
+    """The most of each resource (CPU, GPU, custom) that one node has: this machine, or a running cluster's.
+
+    A job runs on one node, so the largest node, not the cluster's total, bounds what a job may ask.
+    """
+    if init.get("address") is None:  # Ray would start here, with these (or what it finds)
+        import os
+
+        import torch
+
+        return {
+            "CPU": init.get("num_cpus") or os.cpu_count() or 1,
+            "GPU": init["num_gpus"] if init.get("num_gpus") is not None else torch.cuda.device_count(),
+            **(init.get("resources") or {}),
+        }
+    import ray
+
+    if not ray.is_initialized():  # the launcher finds it connected and uses this connection
+        ray.init(**init)
+    largest: dict[str, float] = {}
+    for node in ray.nodes():
+        for resource, amount in node["Resources"].items() if node.get("Alive") else ():
+            largest[resource] = max(largest.get(resource, 0), amount)
+    return largest
+
+
+def _no_op() -> None:
+    """A function for Ray to check remote options on."""

@@ -36,9 +36,9 @@ class SweepReport(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         # what no job of the sweep could survive is refused before the first one starts
-        from cnnlab.config import ddp_in_sweep, sweep_strategies
+        from cnnlab.config import sweep_problem
 
-        problem = ddp_in_sweep(sweep_strategies(config), str(config.hydra.launcher.get("_target_", "")))
+        problem = sweep_problem(config)
         if problem:
             print(f"cnnlab: {problem}", file=sys.stderr)
             sys.exit(2)

@@ -31,17 +31,63 @@ SPACES = {
 STUDY_FILE = "study.db"
 
 
-def suggest(trial: Any, key: str, spec: Mapping[str, Any]) -> Any:
-    """The value ``trial`` draws for ``key`` from its search space ``spec`` (``type`` and its fields)."""
+#: the samplers and pruners a search can name (``hydra.sweeper.sampler.name``, ``hydra.sweeper.pruner.name``)
+SAMPLERS = ("tpe", "random", "cmaes")
+PRUNERS = ("median", "percentile", "hyperband", "none")
+
+
+def space_problem(key: str, spec: Any) -> str | None:
+    """What is wrong with the search space ``spec`` of ``key`` (its type, its fields, its range), or None."""
+    example = "(e.g. {type: float, low: 1e-4, high: 1e-1, log: true})"
+    if not isinstance(spec, Mapping):
+        return f"hydra.sweeper.params.{key}={spec!r}: give a search space {example}"
     kind = spec.get("type")
     if kind not in SPACES:
-        raise ValueError(
-            f"hydra.sweeper.params.{key}: type={kind!r}; choose one of {', '.join(SPACES)} "
-            "(e.g. {type: float, low: 1e-4, high: 1e-1, log: true})"
-        )
+        return f"hydra.sweeper.params.{key}: type={kind!r}; choose one of {', '.join(SPACES)} {example}"
     unknown = set(spec) - {"type", *SPACES[kind]}
     if unknown:
-        raise ValueError(f"hydra.sweeper.params.{key}: {sorted(unknown)} are not fields of a {kind} space")
+        return (
+            f"hydra.sweeper.params.{key}: {sorted(unknown)} are not fields of a {kind} space; it takes "
+            f"{', '.join(SPACES[kind])}"
+        )
+    if kind == "categorical":
+        choices = spec.get("choices")
+        if not isinstance(choices, Sequence) or isinstance(choices, str) or not choices:
+            return f"hydra.sweeper.params.{key}: a categorical space needs choices: [a, b, ...]"
+        return None
+    low, high = spec.get("low"), spec.get("high")
+    numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (low, high))
+    if not numbers or low >= high or (spec.get("log") and low <= 0):
+        return (
+            f"hydra.sweeper.params.{key}: low={low}, high={high}: give numbers with low < high "
+            f"(and low > 0 with log: true) {example}"
+        )
+    return None
+
+
+def search_problem(sweeper: Mapping[str, Any]) -> str | None:
+    """What no trial of a search could survive (its spaces, sampler, pruner, counts), or None."""
+    if not sweeper.get("params"):
+        return "hydra.sweeper.params is empty: give the keys to search and their spaces"
+    for key, spec in sweeper["params"].items():
+        if problem := space_problem(key, spec):
+            return problem
+    for part, names, default in (("sampler", SAMPLERS, "tpe"), ("pruner", PRUNERS, "median")):
+        name = (sweeper.get(part) or {}).get("name", default)
+        if name not in names:
+            return f"hydra.sweeper.{part}.name={name!r}: choose one of {', '.join(names)}"
+    for count in ("n_trials", "n_jobs"):
+        if not isinstance(sweeper.get(count, 1), int) or sweeper.get(count, 1) < 1:
+            return f"hydra.sweeper.{count}={sweeper.get(count)}: give a whole number >= 1"
+    return None
+
+
+def suggest(trial: Any, key: str, spec: Mapping[str, Any]) -> Any:
+    """The value ``trial`` draws for ``key`` from its search space ``spec`` (``type`` and its fields)."""
+    problem = space_problem(key, spec)
+    if problem:
+        raise ValueError(problem)
+    kind = spec["type"]
     if kind == "categorical":
         return trial.suggest_categorical(key, list(spec["choices"]))
     options = {k: spec[k] for k in ("log", "step") if spec.get(k) is not None}
@@ -67,7 +113,7 @@ def sampler_of(spec: Mapping[str, Any]) -> Any:
     samplers = {"tpe": optuna.samplers.TPESampler, "random": optuna.samplers.RandomSampler}
     samplers["cmaes"] = optuna.samplers.CmaEsSampler
     if name not in samplers:
-        raise ValueError(f"hydra.sweeper.sampler.name={name!r}: choose one of {', '.join(samplers)}")
+        raise ValueError(f"hydra.sweeper.sampler.name={name!r}: choose one of {', '.join(SAMPLERS)}")
     return samplers[name](seed=seed)
 
 
@@ -84,7 +130,7 @@ def pruner_of(spec: Mapping[str, Any]) -> Any:
     }
     name = spec.get("name", "median")
     if name not in pruners:
-        raise ValueError(f"hydra.sweeper.pruner.name={name!r}: choose one of {', '.join(pruners)}")
+        raise ValueError(f"hydra.sweeper.pruner.name={name!r}: choose one of {', '.join(PRUNERS)}")
     return pruners[name](**options)
 
 

@@ -25,3 +25,78 @@ def test_ddp_in_a_sweep_is_refused_before_any_job(trainers: str, tmp_path: Path)
     assert proc.returncode == 2
     assert proc.stderr.startswith("cnnlab: trainer.strategy=ddp inside a multirun (-m)")
     assert "Traceback" not in proc.stderr and not sweep.exists()  # no job was launched
+
+
+# a search space, a Ray option and a Ray request, each refused in the sweep's process before any job
+BAD_SWEEPS = {
+    "a search space of an unknown type": (
+        [
+            "hparams_search=digits_lr",
+            "hydra.sweeper.params={optimizer.lr: {type: floot, low: 0.001, high: 0.1}}",
+        ],
+        "cnnlab: hydra.sweeper.params.optimizer.lr: type='floot'; choose one of float, int, categorical",
+    ),
+    "a misspelt Ray option": (
+        ["hydra/launcher=ray", "+hydra.launcher.ray.remote.num_gpu=1", "seed=1,2"],
+        "cnnlab: hydra.launcher.ray.remote: Invalid option keyword num_gpu",
+    ),
+    "a GPU for each job on a machine without": (
+        [
+            "hydra/launcher=ray",
+            "hydra.launcher.ray.remote.num_gpus=1",
+            "+hydra.launcher.ray.init.num_gpus=0",
+            "seed=1,2",
+        ],
+        "cnnlab: hydra.launcher.ray.remote.num_gpus=1: each job asks for 1 GPU, but this machine has 0",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", BAD_SWEEPS)
+def test_a_sweep_no_job_could_run_is_refused_before_any_job(case: str, tmp_path: Path) -> None:
+    overrides, message = BAD_SWEEPS[case]
+    sweep = tmp_path / "sweep"
+    proc = run(str(ROOT / "train.py"), "-m", *overrides, f"hydra.sweep.dir={sweep}", *QUIET, check=False)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr.startswith(message), proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr and not sweep.exists()
+
+
+@pytest.mark.parametrize(
+    ("spec", "words"),
+    [
+        ({"type": "float", "low": 0.1, "high": 0.01}, "low=0.1, high=0.01: give numbers with low < high"),
+        ({"type": "float", "low": 0.0, "high": 1.0, "log": True}, "and low > 0 with log: true"),
+        ({"type": "int", "low": 1, "high": 8, "choices": [1]}, "['choices'] are not fields of a int space"),
+        ({"type": "categorical", "choices": []}, "a categorical space needs choices"),
+        (0.1, "give a search space"),
+    ],
+)
+def test_each_kind_of_wrong_search_space_is_named(spec: object, words: str) -> None:
+    from cnnlab.search import search_problem
+
+    assert words in search_problem({"params": {"optimizer.lr": spec}})
+
+
+def test_a_valid_search_and_its_sampler_and_pruner_names() -> None:
+    from cnnlab.search import search_problem
+
+    space = {"optimizer.lr": {"type": "float", "low": 1e-4, "high": 0.1, "log": True}}
+    assert search_problem({"params": space, "sampler": {"name": "tpe"}, "n_trials": 2}) is None
+    assert "sampler.name='tpr': choose one of tpe" in search_problem(
+        {"params": space, "sampler": {"name": "tpr"}}
+    )
+    assert "pruner.name='meadian'" in search_problem({"params": space, "pruner": {"name": "meadian"}})
+    assert "n_trials=0" in search_problem({"params": space, "n_trials": 0})
+    assert "params is empty" in search_problem({"params": {}})
+
+
+def test_ray_requests_are_compared_with_the_resources_of_this_machine() -> None:
+    from cnnlab.config import ray_problem
+
+    assert ray_problem({"num_cpus": 4, "num_gpus": 0}, {"num_cpus": 2, "num_gpus": 0}) is None
+    assert "num_cpus=8: each job asks for 8 CPU, but this machine has 4" in ray_problem(
+        {"num_cpus": 4, "num_gpus": 0}, {"num_cpus": 8}
+    )
+    assert "resources.TPU=1" in ray_problem({"num_cpus": 4, "num_gpus": 0}, {"resources": {"TPU": 1}})
+    assert "init.adress is not an option of ray.init" in ray_problem({"adress": "auto"}, {})
