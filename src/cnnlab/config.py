@@ -20,6 +20,8 @@ from cnnlab import CONF_DIR
 from cnnlab.data.samples import TARGET_KEYS
 from cnnlab.errors import CnnlabError, ConfigError
 
+log = logging.getLogger(__name__)
+
 
 def config_tree(cfg: DictConfig) -> str:
     """The composed config as a rich tree, rendered to plain text."""
@@ -198,6 +200,7 @@ for _split in ("train", "val", "test"):
 
 def check_values(cfg: DictConfig) -> None:
     """Refuse values of the wrong kind or out of range, naming every key at fault and what it takes."""
+    check_root(cfg)
     problems = [problem for rule in RULES if (problem := rule.problem(cfg))]
     trainer = cfg.get("trainer") or {}
     if "precision" in trainer and trainer.precision not in PRECISIONS:
@@ -208,6 +211,24 @@ def check_values(cfg: DictConfig) -> None:
         problems.append(f"trainer.accelerator={trainer.accelerator}: give one of {', '.join(ACCELERATORS)}")
     if problems:
         raise ConfigError("; ".join(problems) + ".")
+
+
+def check_root(cfg: DictConfig) -> None:
+    """A dataset's folder must be given before anything reads it or resolves a value from it."""
+    data = cfg.get("data")
+    if not isinstance(data, DictConfig) or "root" not in data.keys():  # `in` is False for ??? (missing)
+        return
+    if OmegaConf.is_missing(data, "root") or data.root is None or not str(data.root).strip():
+        shown = (
+            " is not set"
+            if OmegaConf.is_missing(data, "root")
+            else f"={'null' if data.root is None else repr(data.root)}"
+        )
+        name = choices().get("data")
+        raise ConfigError(
+            f"data.root{shown}: {f'data={name}' if name else 'the dataset'} reads its files from there. "
+            f"Give the folder, e.g. data.root=/path/to/{name or 'data'}"
+        )
 
 
 @contextlib.contextmanager
@@ -236,8 +257,34 @@ def validate(cfg: DictConfig) -> None:
     """Everything about a run's config that can be checked before any data is read or model built."""
     check_values(cfg)
     check_pairing(cfg)
+
     _metric_mode(cfg.task._target_, str(cfg.optimized_metric))
     check_export(cfg.get("export"))
+
+
+def warn_idle_options(cfg: DictConfig) -> None:
+    """Say which task options the command line set that do nothing in the chosen setting."""
+    given = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+    for line in idle_options(cfg, given):
+        log.warning("%s", line)
+
+
+def idle_options(cfg: DictConfig, overrides: list[str]) -> list[str]:
+    """What each task option set on the command line does nothing in the chosen setting, said in a line."""
+    active_when = getattr(get_class(cfg.task._target_), "active_when", {})
+    lines = []
+    for override in overrides:
+        key = override.lstrip("+~").split("=", 1)[0]
+        option = key.removeprefix("task.")
+        if key == option or option not in active_when:
+            continue
+        setting, values = active_when[option]
+        if cfg.task.get(setting) not in values:
+            lines.append(
+                f"task.{option} does nothing with task.{setting}={cfg.task.get(setting)}: it acts with "
+                f"task.{setting}={' or '.join(values)} only"
+            )
+    return lines
 
 
 def check_export(export: Any) -> None:

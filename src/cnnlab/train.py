@@ -171,6 +171,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     refuse_ddp_in_multirun(cfg)
     with config.explained("config"):
         config.validate(cfg)  # before anything runs: seeding, reading data, building the network
+    config.warn_idle_options(cfg)
     L.seed_everything(cfg.seed, workers=True)
     output_dir = Path(cfg.paths.output_dir)
     with config.explained("callbacks"):

@@ -108,6 +108,7 @@ class AnomalyTask(AutoencoderTask):
         "threshold": "min",
     }
     serving = "cnnlab.serving.anomaly"
+    active_when = {**AutoencoderTask.active_when, "top_fraction": ("score", ("topk",))}
 
     def __init__(
         self,

@@ -82,6 +82,7 @@ class AutoencoderTask(BaseTask):
     # the label, where the data has one, colours the picture of the codes
     samples = SampleSpec(needs=(), wants=("label",), normalize=False, collate=stack_collate)
     network_output = "image"
+    active_when = {"noise": ("mode", ("denoise",)), "noise_level": ("mode", ("denoise",))}
     metrics = {
         "loss": "min",
         "psnr": "max",

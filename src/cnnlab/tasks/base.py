@@ -52,6 +52,8 @@ class BaseTask(L.LightningModule):
     network_output: ClassVar[str] = ""
     #: every metric the task logs (without the split prefix), "max" when higher is better, else "min"
     metrics: ClassVar[dict[str, str]] = {"loss": "min"}
+    #: options that act in some settings only: option -> (the setting's key, the values it acts with)
+    active_when: ClassVar[dict[str, tuple[str, tuple[str, ...]]]] = {}
     #: the module (under ``cnnlab.serving``) that wraps the network for export and shows its predictions
     serving: ClassVar[str] = ""
 
