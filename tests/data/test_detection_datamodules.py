@@ -5,6 +5,7 @@ its object."""
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from pathlib import Path
 from typing import Any
@@ -314,3 +315,74 @@ def test_a_validation_split_of_the_datasets_own_replaces_the_carved_one(tmp_path
     assert (len(dm.train_set), len(dm.val_set)) == (3, 3)
     with pytest.raises(ValueError, match="data.val_images and data.val_annotations go together"):
         datamodule("data=coco", f"paths.data_dir={tmp_path}", "data.num_classes=3", pair[0])
+
+
+# --- boxes outside the image: clipped or dropped when read, in the test split as in training ---------------
+
+
+def coco_test_split_with_boxes_outside(root: Path) -> tuple[list[str], Path]:
+    """COCO 2017's layout; the test split's scene a (48 x 40) gets a box past the right and bottom edges and
+    one right of the image."""
+    write_coco_2017(root / "coco")
+    test_file = root / "coco" / "annotations" / "instances_val2017.json"
+    content = json.loads(test_file.read_text())
+    for bbox in ([40, 30, 16, 15], [50, 4, 6, 6]):
+        number = len(content["annotations"]) + 1
+        content["annotations"].append({"id": number, "image_id": 10, "category_id": 3, "bbox": bbox})
+    test_file.write_text(json.dumps(content))
+    return ["data=coco", f"paths.data_dir={root}", "data.num_classes=3"], test_file
+
+
+def voc_test_split_with_boxes_outside(root: Path) -> tuple[list[str], Path]:
+    """VOC's layout; the test split's scene c (36 x 30) gets a cat past the right and bottom edges and a dog
+    below the image (1-based corners, as VOC writes them)."""
+    xml = write_voc(root / "voc") / "Annotations" / "scene_c.xml"
+    objects = "".join(
+        f"<object><name>{name}</name><bndbox><xmin>{x0}</xmin><ymin>{y0}</ymin><xmax>{x1}</xmax>"
+        f"<ymax>{y1}</ymax></bndbox></object>"
+        for name, x0, y0, x1, y1 in (("cat", 30, 25, 40, 34), ("dog", 4, 32, 9, 36))
+    )
+    xml.write_text(xml.read_text().replace("</annotation>", f"{objects}</annotation>"))
+    return ["data=voc_detection", f"paths.data_dir={root}", "data.download=false"], xml.parent
+
+
+def yolo_test_split_with_boxes_outside(root: Path) -> tuple[list[str], Path]:
+    """A YOLO folder; the test split's scene c (36 x 30) gets a box past the right and bottom edges and one
+    below the image."""
+    dataset_yaml = write_yolo(root / "yolo")
+    labels = root / "yolo" / "labels" / "val"
+    (labels / "scene_c.txt").write_text("2 0.9 0.9 0.4 0.4\n1 0.5 1.0008 0.2 0.001\n")
+    return ["data=yolo_folder", f"data.dataset_yaml={dataset_yaml}", "data.num_classes=3"], labels
+
+
+@pytest.mark.parametrize(
+    "write",
+    [
+        coco_test_split_with_boxes_outside,
+        voc_test_split_with_boxes_outside,
+        yolo_test_split_with_boxes_outside,
+    ],
+    ids=["coco", "voc", "yolo"],
+)
+def test_test_split_boxes_outside_the_image_are_clipped_or_dropped(
+    tmp_path: Path, write: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The test split gets no augmentation, so no preset sanitises its boxes: the readers do."""
+    overrides, source = write(tmp_path)
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=["task=detection", *overrides, "augmentation=det_flip"])
+    with caplog.at_level(logging.WARNING, logger="cnnlab.data.boxes"):
+        dm = datamodule(*overrides, augmentation=instantiate(cfg.augmentation))
+    test = items(dm.test_dataloader())
+    for image, target in test:
+        height, width = image.shape[1:]
+        boxes = target["boxes"]
+        assert (boxes[:, 2] > boxes[:, 0]).all() and (boxes[:, 3] > boxes[:, 1]).all()
+        assert (boxes >= 0).all() and (boxes[:, 0::2] <= width).all() and (boxes[:, 1::2] <= height).all()
+        assert len(target["labels"]) == len(boxes)
+    # COCO tests on every scene, VOC and YOLO on scene c; one added box is kept, clipped to the corner
+    scenes = SCENES if len(test) == len(SCENES) else SCENES[-1:]
+    assert sum(len(t["boxes"]) for _, t in test) == sum(len(s.rects) for s in scenes) + 1
+    assert any([i.shape[2], i.shape[1]] in t["boxes"][:, 2:].tolist() for i, t in test)
+    (line,) = [r.getMessage() for r in caplog.records if f"data: {source}" in r.getMessage()]
+    assert "clipped 1" in line and "dropped" in line

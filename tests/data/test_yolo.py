@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import replace
 from pathlib import Path
 
@@ -131,3 +132,45 @@ def test_a_few_images_without_a_label_file_are_background_images(tmp_path: Path)
     (tmp_path / "pets" / "labels" / "train" / "scene_a.txt").unlink()
     train = YoloFolder(dataset_yaml, "train")
     assert len(train) == 4 and len(train[0][1]["boxes"]) == 0
+
+
+# --- boxes outside the image: clipped to it as corners, or dropped with their labels, when read -------------
+
+
+def test_boxes_outside_the_image_are_clipped_or_dropped_in_every_split(
+    dataset_yaml: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    labels = dataset_yaml.parent / "labels"
+    with (labels / "train" / "scene_a.txt").open("a") as file:  # 48 x 40
+        file.write("1 1.0 0.9375 0.333333 0.375\n")  # pixels 40..56, 30..45: past the right and bottom edges
+        file.write("0 1.0009 0.5 0.0008 0.2\n")  # right of the image (within the format's rounding)
+        file.write("2 0.020833 0.05 0.208333 0.25\n")  # pixels -4..6, -3..7
+    (labels / "val" / "scene_c.txt").write_text(  # 36 x 30
+        "2 0.9 0.9 0.4 0.4\n"  # past the right and bottom edges
+        "1 0.5 1.0008 0.2 0.001\n"  # below the image
+        "0 0.916667 0.5 0.166667 0.2\n"  # touching the right edge, rounded to six decimals: not counted
+    )
+    with caplog.at_level(logging.WARNING, logger="cnnlab.data.boxes"):
+        train, val = YoloFolder(dataset_yaml, "train"), YoloFolder(dataset_yaml, "val")
+    for image, target in [*train, *val]:
+        height, width = image.shape[1:]
+        boxes = target["boxes"]
+        assert (boxes[:, 2] > boxes[:, 0]).all() and (boxes[:, 3] > boxes[:, 1]).all()
+        assert (boxes >= 0).all() and (boxes[:, 0::2] <= width).all() and (boxes[:, 1::2] <= height).all()
+    target = train[0][1]
+    expected = [*(rect.box for rect in SCENES[0].rects), [40, 30, 48, 40], [0, 0, 6, 7]]
+    torch.testing.assert_close(
+        target["boxes"].as_subclass(torch.Tensor), torch.tensor(expected), atol=1e-3, rtol=0
+    )
+    assert target["labels"].tolist() == [0, 2, 1, 2]
+    target = val[0][1]
+    expected = [[0.7 * 36, 0.7 * 30, 36, 30], [0.833333 * 36, 0.4 * 30, 36, 0.6 * 30]]
+    torch.testing.assert_close(
+        target["boxes"].as_subclass(torch.Tensor), torch.tensor(expected), atol=1e-3, rtol=0
+    )
+    assert target["labels"].tolist() == [2, 0]
+    (train_line,) = [r.getMessage() for r in caplog.records if "(train of data.yaml)" in r.getMessage()]
+    (val_line,) = [r.getMessage() for r in caplog.records if "(val of data.yaml)" in r.getMessage()]
+    assert str(labels / "train") in train_line and str(labels / "val") in val_line
+    assert "of 6 boxes, clipped 2" in train_line and "dropped 1 with no area" in train_line
+    assert "of 3 boxes, clipped 1" in val_line and "dropped 1 with no area" in val_line

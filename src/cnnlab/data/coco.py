@@ -1,8 +1,10 @@
 """COCO-style object detection: a folder of images and an instances JSON (``images``, ``annotations``,
 ``categories``), as COCO itself and most labelling tools export it.
 
-Category ids become contiguous labels 0..K-1 in increasing id order; boxes go from [x, y, w, h] to XYXY.
-Boxes with no width or height are dropped (and counted in the log); an image without annotations has no boxes.
+Category ids become contiguous labels 0..K-1 in increasing id order; boxes go from [x, y, w, h] to XYXY,
+clipped to their image (``images[].width/height``, or the file's own size where those are missing); boxes left
+with no width or height are dropped, in every split, and both are counted in one log line per JSON file. An
+image without annotations, or whose boxes were all dropped, has no boxes (a background image).
 Instance masks (polygons, RLE) are not read. ``CocoDataModule`` serves the boxes to the detection task.
 """
 
@@ -21,6 +23,7 @@ from torch.utils.data import Dataset
 from torchvision import tv_tensors
 
 from cnnlab.data.base import ImageDataModule
+from cnnlab.data.boxes import BoxRepairs, header_size
 from cnnlab.data.errors import DatasetFormatError, DatasetNotFoundError
 from cnnlab.data.io import read_image
 
@@ -90,11 +93,11 @@ class CocoDetectionFiles(Dataset):
             )
 
     def _group(self, annotations: list[Mapping[str, Any]]) -> list[tuple[np.ndarray, ...]]:
-        """Per image (``images`` order): boxes (N, 4) XYXY float32, labels (N,) int64, iscrowd (N,) bool."""
+        """Per image (``images`` order): boxes (N, 4) XYXY float32 clipped to the image, labels (N,) int64,
+        iscrowd (N,) bool; boxes with no area inside their image are dropped."""
         row = {image["id"]: i for i, image in enumerate(self.images)}
         label = {category: k for k, category in enumerate(self.category_ids)}
-        grouped: list[list[tuple[list[float], int, bool]]] = [[] for _ in self.images]
-        degenerate = 0
+        boxes, rows, labels, crowd = [], [], [], []
         for number, annotation in enumerate(annotations):
             where = f"{self.annotation_file}: annotations[{number}] (id {annotation.get('id')})"
             if annotation["image_id"] not in row:
@@ -108,24 +111,27 @@ class CocoDetectionFiles(Dataset):
             if not (isinstance(bbox, list) and len(bbox) == 4):
                 raise DatasetFormatError(f"{where} has bbox {bbox!r}; COCO boxes are [x, y, width, height]")
             x, y, w, h = (float(v) for v in bbox)
-            if w <= 0 or h <= 0:
-                degenerate += 1
-                continue
-            crowd = bool(annotation.get("iscrowd", 0))
-            objects = grouped[row[annotation["image_id"]]]
-            objects.append(([x, y, x + w, y + h], label[annotation["category_id"]], crowd))
-        if degenerate:
-            log.warning(
-                "data: %s: dropped %d boxes with zero width or height", self.annotation_file, degenerate
-            )
-        return [
-            (
-                np.array([box for box, _, _ in objects], dtype=np.float32).reshape(-1, 4),
-                np.array([k for _, k, _ in objects], dtype=np.int64),
-                np.array([c for _, _, c in objects], dtype=bool),
-            )
-            for objects in grouped
-        ]
+            boxes.append((x, y, x + w, y + h))
+            rows.append(row[annotation["image_id"]])
+            labels.append(label[annotation["category_id"]])
+            crowd.append(bool(annotation.get("iscrowd", 0)))
+        rows = np.array(rows, dtype=np.int64)
+        sizes = np.array([self._size(image) for image in self.images], dtype=np.float32).reshape(-1, 2)
+        repairs = BoxRepairs()
+        kept, rows, labels, crowd = repairs.fit(
+            boxes, sizes[rows, 0], sizes[rows, 1], rows, np.array(labels, np.int64), np.array(crowd, bool)
+        )
+        repairs.log(self.annotation_file)
+        order = np.argsort(rows, kind="stable")  # each image's boxes in the file's order
+        ends = np.searchsorted(rows[order], np.arange(len(self.images)), side="right")
+        return [(kept[at], labels[at], crowd[at]) for at in np.split(order, ends[:-1])]
+
+    def _size(self, image: Mapping[str, Any]) -> tuple[float, float]:
+        """The width and height of an ``images`` entry, from its file's header where the JSON lacks them."""
+        width, height = image.get("width"), image.get("height")
+        if isinstance(width, int | float) and isinstance(height, int | float) and width > 0 and height > 0:
+            return float(width), float(height)
+        return header_size(self.images_dir / image["file_name"])
 
 
 def _load(path: Path) -> dict[str, Any]:

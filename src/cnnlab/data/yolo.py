@@ -4,7 +4,9 @@ The YAML names the folder (``path``, optional: the YAML's own folder by default;
 from the YAML's folder), each split's images (``train``, ``val``, ``test``: a folder, a ``.txt`` list of
 images, or a list of those) and the classes (``names``: a list or ``{index: name}``; ``nc`` optional).
 An image's labels sit where its path has ``labels`` for its last ``images`` folder and ``.txt`` for its
-suffix; each line is ``class cx cy w h`` with coordinates normalised to [0, 1]. An image without a label
+suffix; each line is ``class cx cy w h`` with coordinates normalised to [0, 1]. Each box is clipped to the
+image (to [0, 1] as corners) and one left with no width or height dropped, in every split, both counted in
+one log line per split; an image whose boxes were all dropped is a background image. An image without a label
 file has no objects (a background image), but a split where most images lack one is refused: its labels
 are elsewhere. ``YoloDataModule`` serves the boxes to the detection task.
 """
@@ -25,13 +27,16 @@ from torchvision.datasets.folder import IMG_EXTENSIONS
 from torchvision.ops import box_convert
 
 from cnnlab.data.base import ImageDataModule
+from cnnlab.data.boxes import BoxRepairs
 from cnnlab.data.errors import DatasetFormatError, DatasetNotFoundError
 from cnnlab.data.io import read_image
 
 log = logging.getLogger(__name__)
 
-# labelling tools round coordinates; a value this far outside [0, 1] is still taken (and clamped)
+# labelling tools round coordinates; a value this far outside [0, 1] is still taken (its box is then clipped)
 TOLERANCE = 1e-3
+# a corner moved by no more than this when clipped was rounded (labels carry six decimals), not outside
+ROUNDING = 1e-6
 
 
 class YoloFolder(Dataset):
@@ -56,7 +61,9 @@ class YoloFolder(Dataset):
             raise DatasetFormatError(f"{split}: {config[split]} in {self.dataset_yaml} holds no images")
         labels = [label_path(image) for image in self.images]
         self._check_labels_present(split, labels)
-        self.objects = [self._read_labels(path) for path in labels]
+        repairs = BoxRepairs()
+        self.objects = [self._read_labels(path, repairs) for path in labels]
+        repairs.log(f"{', '.join(_folders(labels))} ({split} of {self.dataset_yaml.name})")
 
     def __len__(self) -> int:
         return len(self.images)
@@ -64,10 +71,9 @@ class YoloFolder(Dataset):
     def __getitem__(self, index: int) -> tuple[tv_tensors.Image, dict[str, Any]]:
         image = read_image(self.images[index], self.channels)
         height, width = image.shape[1:]
-        labels, centres = self.objects[index]
+        labels, corners = self.objects[index]
         scale = torch.tensor([width, height, width, height], dtype=torch.float32)
-        boxes = box_convert(torch.from_numpy(centres), "cxcywh", "xyxy") * scale
-        boxes = torch.minimum(boxes.clamp(min=0), scale)  # a centre box may reach past the image's edge
+        boxes = torch.from_numpy(corners) * scale  # clipped to [0, 1] when read: inside the image
         target = {
             "boxes": tv_tensors.BoundingBoxes(boxes, format="XYXY", canvas_size=(height, width)),
             "labels": torch.tensor(labels),
@@ -113,16 +119,15 @@ class YoloFolder(Dataset):
                     len(labels),
                 )
             return
-        folders = sorted({str(path.parent) for path in missing})
         raise DatasetFormatError(
             f"{split}: {len(missing)} of {len(labels)} images have no label file; looked in "
-            f"{', '.join(folders[:3])}{' ...' if len(folders) > 3 else ''} (YOLO keeps each image's labels "
+            f"{', '.join(_folders(missing))} (YOLO keeps each image's labels "
             "where its path has labels/ for images/ and .txt for its suffix). Put the label files there; a "
             "background image takes an empty one."
         )
 
-    def _read_labels(self, path: Path) -> tuple[np.ndarray, np.ndarray]:
-        """Labels (N,) int64 and normalised boxes (N, 4) cx, cy, w, h float32 of a label file."""
+    def _read_labels(self, path: Path, repairs: BoxRepairs) -> tuple[np.ndarray, np.ndarray]:
+        """Labels (N,) int64 and normalised XYXY boxes (N, 4) float32 clipped to [0, 1] of a label file."""
         if not path.is_file():
             return np.zeros(0, dtype=np.int64), np.zeros((0, 4), dtype=np.float32)
         labels, boxes = [], []
@@ -150,8 +155,16 @@ class YoloFolder(Dataset):
                     "height)"
                 )
             labels.append(int(label))
-            boxes.append(np.clip(values, 0.0, 1.0))
-        return np.array(labels, dtype=np.int64), np.array(boxes, dtype=np.float32).reshape(-1, 4)
+            boxes.append(values)
+        corners = box_convert(torch.tensor(boxes, dtype=torch.float64).reshape(-1, 4), "cxcywh", "xyxy")
+        corners, labels = repairs.fit(corners.numpy(), 1.0, 1.0, np.array(labels, np.int64), atol=ROUNDING)
+        return labels, corners
+
+
+def _folders(paths: list[Path]) -> list[str]:
+    """The first three folders of ``paths`` (sorted), then "..." when there are more."""
+    folders = sorted({str(path.parent) for path in paths})
+    return folders[:3] + ["..."] * (len(folders) > 3)
 
 
 def label_path(image: Path) -> Path:
