@@ -2,7 +2,9 @@
 
 A Hydra callback (``conf/hydra/default.yaml``) writes ``status.json`` into each job's folder and, when a sweep
 ends, ``results.csv`` and ``results.md`` into the sweep folder: one row per job, then one row per
-configuration with the mean +/- std over seeds, and the command that re-runs only the failed jobs.
+configuration with the mean +/- std over seeds, and the command that re-runs only the failed jobs. A search's
+folder also gets its trials, best first, and its history and importance plots, read from the study it keeps
+(``study.db``): the report reads search results and never needs the search module, which calls it.
 ``python -m cnnlab.report SWEEP_DIR`` writes the same tables again at any time.
 """
 
@@ -27,6 +29,8 @@ from cnnlab import runs
 from cnnlab.errors import CnnlabError, RunInterrupted
 from cnnlab.figures.sweep import plot_sweep
 
+#: where an Optuna search keeps its study, in the sweep folder (SQLite)
+STUDY_FILE = "study.db"
 #: at most this many test metrics in the tables, after the optimised one (per-class figures stay in the jobs)
 MAX_TEST_COLUMNS = 6
 
@@ -205,9 +209,7 @@ def write_report(sweep_dir: Path) -> Path:
         lines += ["", "Re-run only these:", ""]
         lines += [f"    python train.py {' '.join(j['overrides'])}" for j in failed]
     plots = plot_sweep(sweep_dir, jobs, rank_by, higher)
-    if (sweep_dir / "study.db").is_file():  # an Optuna search: its trials best first, its history
-        from cnnlab.search import plot_study, trials_table
-
+    if (sweep_dir / STUDY_FILE).is_file():  # an Optuna search: its trials best first, its history
         lines += ["", "## Trials of the search, best first", "", *trials_table(sweep_dir)]
         plots += plot_study(sweep_dir)
     if plots:
@@ -216,6 +218,68 @@ def write_report(sweep_dir: Path) -> Path:
     path = sweep_dir / "results.md"
     _write_atomic(path, "\n".join(lines) + "\n")
     return path
+
+
+def load_study(sweep_dir: Path) -> Any:
+    """The study kept in a sweep folder."""
+    import optuna
+
+    storage = f"sqlite:///{sweep_dir / STUDY_FILE}"
+    return optuna.load_study(study_name=optuna.get_all_study_names(storage)[0], storage=storage)
+
+
+def trials_table(sweep_dir: Path) -> list[str]:
+    """Markdown lines listing the study's trials, best first: number, state, value and values drawn."""
+    import optuna
+
+    study = load_study(sweep_dir)
+    trials = study.get_trials(deepcopy=False)
+    keys = sorted({k for t in trials for k in t.params})
+    higher = study.direction == optuna.study.StudyDirection.MAXIMIZE
+    ranked = sorted(trials, key=lambda t: (t.value is None, -(t.value or 0) if higher else (t.value or 0)))
+    lines = ["| trial | state | value | " + " | ".join(keys) + " |", "|---" * (3 + len(keys)) + "|"]
+    for t in ranked:
+        value = f"{t.value:.4f}" if t.value is not None else ""
+        cells = [
+            f"{t.params[k]:.4g}" if isinstance(t.params.get(k), float) else str(t.params.get(k, ""))
+            for k in keys
+        ]
+        lines.append(f"| {t.number} | {t.state.name.lower()} | {value} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def plot_study(sweep_dir: Path) -> list[Path]:
+    """The search's history (each trial's value and the best so far) and its parameters' importances."""
+    import matplotlib.pyplot as plt
+    import optuna
+
+    from cnnlab.figures.sweep import save
+
+    study = load_study(sweep_dir)
+    done = [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.COMPLETE]
+    if len(done) < 2:
+        return []
+    higher = study.direction == optuna.study.StudyDirection.MAXIMIZE
+    values = [t.value for t in done]
+    best = [max(values[: i + 1]) if higher else min(values[: i + 1]) for i in range(len(values))]
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ax.scatter([t.number for t in done], values, label="trial")
+    ax.step([t.number for t in done], best, where="post", color="red", label="best so far")
+    ax.set(xlabel="trial", ylabel="value", title=f"search history ({study.direction.name.lower()})")
+    ax.legend()
+    fig.tight_layout()
+    paths = [save(fig, sweep_dir / "plots" / "search_history.png", sweep_dir, "search/history")]
+    try:
+        importances = optuna.importance.get_param_importances(study)
+    except (RuntimeError, ValueError):  # too few completed trials, or a single value everywhere
+        return paths
+    fig, ax = plt.subplots(figsize=(5, 0.5 + 0.4 * len(importances)))
+    names = list(importances)[::-1]
+    ax.barh(names, [importances[n] for n in names])
+    ax.set(xlabel="importance (fANOVA)", title="which parameters mattered")
+    fig.tight_layout()
+    paths.append(save(fig, sweep_dir / "plots" / "search_importances.png", sweep_dir, "search/importances"))
+    return paths
 
 
 def _write_atomic(path: Path, text: str) -> None:

@@ -20,6 +20,8 @@ from typing import Any
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
+from cnnlab.report import STUDY_FILE
+
 log = logging.getLogger(__name__)
 
 #: the kinds of search space a key can have, and the fields each takes
@@ -28,7 +30,6 @@ SPACES = {
     "int": ("low", "high", "log", "step"),
     "categorical": ("choices",),
 }
-STUDY_FILE = "study.db"
 
 
 #: the samplers and pruners a search can name (``hydra.sweeper.sampler.name``, ``hydra.sweeper.pruner.name``)
@@ -150,7 +151,7 @@ def run_search(sweeper: Any, arguments: Sequence[str]) -> list[Sequence[Any]]:
     import optuna
     from hydra.core.utils import JobStatus
 
-    from cnnlab import report
+    from cnnlab.report import write_report
 
     config = sweeper.config
     sweep_dir = Path(str(config.hydra.sweep.dir))
@@ -187,7 +188,7 @@ def run_search(sweeper: Any, arguments: Sequence[str]) -> list[Sequence[Any]]:
                 study.tell(trial, state=optuna.trial.TrialState.FAIL)
         results.append(returns)
     best = write_best(sweep_dir, study, base)
-    report.write_report(sweep_dir)
+    write_report(sweep_dir)
     if best is not None:
         log.info("search: best trial %d, %s = %.4g; overrides in %s", *best)
     return results
@@ -251,65 +252,3 @@ def pruning_callback(cfg: DictConfig) -> Any:
     study = optuna.load_study(study_name=str(search["study"]), storage=str(search["storage"]))
     trial = optuna.trial.Trial(study, int(search["trial_id"]))
     return PyTorchLightningPruningCallback(trial, monitor=str(cfg.optimized_metric))
-
-
-def load(sweep_dir: Path) -> Any:
-    """The study kept in a sweep folder."""
-    import optuna
-
-    storage = f"sqlite:///{sweep_dir / STUDY_FILE}"
-    return optuna.load_study(study_name=optuna.get_all_study_names(storage)[0], storage=storage)
-
-
-def trials_table(sweep_dir: Path) -> list[str]:
-    """Markdown lines listing the study's trials, best first: number, state, value and values drawn."""
-    import optuna
-
-    study = load(sweep_dir)
-    trials = study.get_trials(deepcopy=False)
-    keys = sorted({k for t in trials for k in t.params})
-    higher = study.direction == optuna.study.StudyDirection.MAXIMIZE
-    ranked = sorted(trials, key=lambda t: (t.value is None, -(t.value or 0) if higher else (t.value or 0)))
-    lines = ["| trial | state | value | " + " | ".join(keys) + " |", "|---" * (3 + len(keys)) + "|"]
-    for t in ranked:
-        value = f"{t.value:.4f}" if t.value is not None else ""
-        cells = [
-            f"{t.params[k]:.4g}" if isinstance(t.params.get(k), float) else str(t.params.get(k, ""))
-            for k in keys
-        ]
-        lines.append(f"| {t.number} | {t.state.name.lower()} | {value} | " + " | ".join(cells) + " |")
-    return lines
-
-
-def plot_study(sweep_dir: Path) -> list[Path]:
-    """The search's history (each trial's value and the best so far) and its parameters' importances."""
-    import matplotlib.pyplot as plt
-    import optuna
-
-    from cnnlab.figures.sweep import save
-
-    study = load(sweep_dir)
-    done = [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.COMPLETE]
-    if len(done) < 2:
-        return []
-    higher = study.direction == optuna.study.StudyDirection.MAXIMIZE
-    values = [t.value for t in done]
-    best = [max(values[: i + 1]) if higher else min(values[: i + 1]) for i in range(len(values))]
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    ax.scatter([t.number for t in done], values, label="trial")
-    ax.step([t.number for t in done], best, where="post", color="red", label="best so far")
-    ax.set(xlabel="trial", ylabel="value", title=f"search history ({study.direction.name.lower()})")
-    ax.legend()
-    fig.tight_layout()
-    paths = [save(fig, sweep_dir / "plots" / "search_history.png", sweep_dir, "search/history")]
-    try:
-        importances = optuna.importance.get_param_importances(study)
-    except (RuntimeError, ValueError):  # too few completed trials, or a single value everywhere
-        return paths
-    fig, ax = plt.subplots(figsize=(5, 0.5 + 0.4 * len(importances)))
-    names = list(importances)[::-1]
-    ax.barh(names, [importances[n] for n in names])
-    ax.set(xlabel="importance (fANOVA)", title="which parameters mattered")
-    fig.tight_layout()
-    paths.append(save(fig, sweep_dir / "plots" / "search_importances.png", sweep_dir, "search/importances"))
-    return paths
