@@ -3,9 +3,12 @@ segmentation task, on small files in each format's exact layout."""
 
 from __future__ import annotations
 
+import logging
+import os
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from fakedense import SCENES, write_mask_folder, write_penn_fudan, write_voc
@@ -13,11 +16,15 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import instantiate
 from omegaconf import DictConfig
+from PIL import Image
+from torch.utils.data import Subset
 
+import cnnlab.data.scan
 from cnnlab import CONF_DIR
-from cnnlab.data.errors import DatasetNotFoundError
+from cnnlab.data.errors import DatasetFormatError, DatasetNotFoundError
 from cnnlab.data.samples import IGNORE_INDEX
 from cnnlab.data.voc import VOC_CLASSES
+from cnnlab.errors import ConfigError
 from cnnlab.tasks.segmentation import SegmentationTask
 
 # small sizes for the fake files; every other value comes from the data config
@@ -171,6 +178,129 @@ def test_mask_folder_settings_that_do_not_fit_name_the_key(tmp_path: Path) -> No
                 "mask_folder",
                 tmp_path,
                 f"data.root={write_mask_folder(tmp_path / 'two', SCENES[:2])}",
-                "data.num_classes=3",
+                "data.num_classes=4",  # scene_a's masks hold index 3
             )
         )
+
+
+# --- bad masks: found at setup, whichever split holds them ------------------------------------------------
+
+
+def written(data: str, tmp_path: Path) -> DictConfig:
+    """The config of ``data`` on small files written for it (9 mask-folder images, 9 photos, VOC's 6)."""
+    if data == "mask_folder":
+        root = write_mask_folder(tmp_path / "folder", scenes(3))
+        return config(data, tmp_path, f"data.root={root}", "data.num_classes=4", "data.image_size=28")
+    if data == "penn_fudan":
+        write_penn_fudan(tmp_path / "penn_fudan", scenes(3))
+        return config(data, tmp_path, "data.image_size=24", "data.download=false")
+    write_voc(tmp_path / "voc", scenes=scenes(2))
+    return config(data, tmp_path, "data.image_size=30", "data.download=false", "data.val_fraction=0.2")
+
+
+def first_test_pair(datamodule) -> tuple[Path, Path]:
+    """The (image, mask) files of the first test item, through the subsets and wrappers that hold it."""
+    raw, index = datamodule.test_set.source, 0
+    while not hasattr(raw, "samples"):
+        raw, index = (raw.dataset, raw.indices[index]) if isinstance(raw, Subset) else (raw.source, index)
+    return raw.samples[index]
+
+
+@pytest.mark.parametrize(
+    ("data", "fault"),
+    [
+        ("mask_folder", "size"),
+        ("mask_folder", "class"),
+        ("penn_fudan", "size"),
+        ("voc_segmentation", "size"),
+        ("voc_segmentation", "class"),
+    ],
+)
+def test_a_bad_mask_in_the_test_split_stops_setup_naming_it(tmp_path: Path, data: str, fault: str) -> None:
+    cfg = written(data, tmp_path)
+    _, mask = first_test_pair(build(cfg))
+    height, width = np.asarray(Image.open(mask)).shape
+    if fault == "size":
+        Image.fromarray(np.zeros((height + 2, width), dtype=np.uint8)).save(mask)
+        words = rf"{mask.name} is \({height + 2}, {width}\) \(H, W\) but its image \S+ is \({height}, "
+    else:
+        Image.fromarray(np.full((height, width), 99, dtype=np.uint8)).save(mask)
+        words = rf"{mask.name} holds class indices \[99\]"
+    with pytest.raises(DatasetFormatError, match=words):
+        build(cfg)
+
+
+def test_masks_are_decoded_once_and_again_only_when_they_change(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cfg = written("voc_segmentation", tmp_path)  # two lists, one cache beside them
+    build(cfg)
+    assert (tmp_path / "voc" / "VOCdevkit" / "VOC2012" / ".cnnlab_masks.json").is_file()
+    decoded: list[str] = []
+    real = cnnlab.data.scan.check_mask
+    monkeypatch.setattr(cnnlab.data.scan, "check_mask", lambda i, m: decoded.append(m.name) or real(i, m))
+    build(cfg)
+    assert decoded == []
+    changed = tmp_path / "voc" / "VOCdevkit" / "VOC2012" / "SegmentationClass" / "scene_b_0.png"
+    os.utime(changed, ns=(changed.stat().st_atime_ns, changed.stat().st_mtime_ns + 10**9))
+    build(cfg)
+    assert decoded == ["scene_b_0.png"]
+
+
+def black_and_white(folder: Path) -> None:
+    """Rewrite a mask folder's masks as most labelling tools save them: 0 background, 255 every object."""
+    for path in (folder / "masks").glob("*.png"):
+        Image.fromarray(np.where(np.asarray(Image.open(path)) > 0, 255, 0).astype(np.uint8)).save(path)
+
+
+def test_black_and_white_masks_are_refused_unless_binary_masks_reads_them(tmp_path: Path) -> None:
+    root = write_mask_folder(tmp_path / "folder", scenes(3))
+    black_and_white(root)
+    args = ("mask_folder", tmp_path, f"data.root={root}", "data.num_classes=2", "data.image_size=28")
+    # without the option every object pixel is ignored (255), and a background-only model scores 1.0
+    with pytest.raises(DatasetFormatError, match=r"only the values 0 and 255 .*set data.binary_masks=true"):
+        build(config(*args))
+    datamodule = build(config(*args, "data.binary_masks=true"))
+    check_batches(datamodule, 28)
+    train = datamodule.train_set.source
+    masks = torch.cat([train[i][1]["mask"].flatten() for i in range(len(train))])
+    assert set(masks.unique().tolist()) == {0, 1}
+    nowhere = f"data.root={tmp_path / 'nowhere'}"
+    with pytest.raises(ConfigError, match="data.binary_masks=true .* 2 classes .* data.num_classes=3"):
+        build(config("mask_folder", tmp_path, nowhere, "data.num_classes=3", "data.binary_masks=true"))
+
+
+@pytest.mark.parametrize("data", ["mask_folder", "penn_fudan", "voc_segmentation"])
+def test_a_class_no_training_mask_holds_is_named_in_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, data: str
+) -> None:
+    if data == "mask_folder":
+        names = ["background", "cat", "dog", "fox", "owl"]  # the masks hold 0..3
+        root = write_mask_folder(tmp_path / "folder", scenes(3), classes=names)
+        cfg = config(data, tmp_path, f"data.root={root}", "data.num_classes=5", "data.image_size=28")
+        absent = "1 of 5 classes never occur in the training masks: 'owl' (4)."
+    elif data == "penn_fudan":
+        write_penn_fudan(tmp_path / "penn_fudan", [replace(SCENES[2], name=f"empty_{i}") for i in range(4)])
+        cfg = config(data, tmp_path, "data.image_size=24", "data.download=false")
+        absent = "1 of 2 classes never occur in the training masks: 'person' (1)."
+    else:
+        cfg = written(data, tmp_path)
+        absent = "'cat' (8)"
+    with caplog.at_level(logging.WARNING, logger="cnnlab"):
+        datamodule = build(cfg)
+        datamodule.setup("test")  # once per run, not once per stage
+    (warning,) = [r.getMessage() for r in caplog.records if "never occur" in r.getMessage()]
+    assert absent in warning and "The network cannot learn" in warning
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="cnnlab"):
+        build(written("mask_folder", tmp_path / "complete"))
+    assert not [r for r in caplog.records if "never occur" in r.getMessage()]
+
+
+@pytest.mark.parametrize("photos", [1, 2])
+def test_penn_fudan_of_too_few_photos_says_how_many(tmp_path: Path, photos: int) -> None:
+    write_penn_fudan(tmp_path / "penn_fudan", SCENES[:photos])
+    cfg = config("penn_fudan", tmp_path, "data.image_size=24", "data.download=false")
+    s = "s" if photos > 1 else ""
+    with pytest.raises(DatasetFormatError, match=rf"PNGImages holds {photos} photo{s}: too few to hold out"):
+        build(cfg)

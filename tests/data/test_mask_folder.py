@@ -72,12 +72,10 @@ def test_unpaired_files_are_named(tmp_path: Path, removed: str, words: str) -> N
     assert "scene_b.png" in str(raised.value)
 
 
-def test_index_beyond_the_names_is_named(tmp_path: Path) -> None:
-    root = write_mask_folder(tmp_path, classes=NAMES[:3])
-    dataset = MaskFolder(root)
-    dataset[1]  # scene_b holds indices 0 and 2 only
+def test_index_beyond_the_names_is_named_when_the_folder_is_opened(tmp_path: Path) -> None:
+    root = write_mask_folder(tmp_path, classes=NAMES[:3])  # scene_b holds indices 0 and 2 only, scene_a 3
     with pytest.raises(DatasetFormatError, match=r"scene_a.png holds class indices \[3\] but there are 3"):
-        dataset[0]
+        MaskFolder(root)
 
 
 def test_two_images_of_one_name_are_refused(tmp_path: Path) -> None:
@@ -108,3 +106,37 @@ def test_missing_folders_and_bad_classes_txt(tmp_path: Path) -> None:
     (root / "classes.txt").write_text("background\n\ncar\n")
     with pytest.raises(DatasetFormatError, match="classes.txt must name one class per line"):
         MaskFolder(root)
+
+
+def write_black_and_white(root: Path, border: bool = False) -> None:
+    """Rewrite the masks as most labelling tools save them: 0 background, 255 every object (greyscale PNG);
+    ``border``: class indices 0 and 1 with VOC's ignored ring (255) around each object instead."""
+    for scene in SCENES:
+        if border:
+            mask = class_mask(scene, offset=1, border=255)
+            mask[(mask > 0) & (mask < 255)] = 1
+        else:
+            mask = np.where(class_mask(scene) > 0, 255, 0).astype(np.uint8)
+        Image.fromarray(mask).save(root / "masks" / f"{scene.name}.png")
+
+
+def test_black_and_white_masks_of_two_classes_are_refused_naming_the_option(tmp_path: Path) -> None:
+    root = write_mask_folder(tmp_path)
+    write_black_and_white(root)
+    refusal = r"only the values 0 and 255 \(scene_a.png among them\)"
+    with pytest.raises(DatasetFormatError, match=refusal) as refused:
+        MaskFolder(root, ["background", "object"])
+    assert "set data.binary_masks=true, which reads 255 as class 1" in str(refused.value)
+    dataset = MaskFolder(root, ["background", "object"], binary_masks=True)
+    for (_, target), scene in zip(dataset, SCENES, strict=True):
+        assert torch.equal(target["mask"], torch.from_numpy(class_mask(scene) > 0).long())
+    assert dataset.mask_classes == [{0, 1}, {0, 1}, {0}]  # scene_c has no object
+    with pytest.raises(ValueError, match="binary_masks=true reads black-and-white masks .* as 2 classes"):
+        MaskFolder(root, ["background", "road", "car"], binary_masks=True)
+
+
+def test_255_beside_class_one_stays_the_ignored_border(tmp_path: Path) -> None:
+    root = write_mask_folder(tmp_path)
+    write_black_and_white(root, border=True)
+    dataset = MaskFolder(root, ["background", "object"])
+    assert set(dataset[0][1]["mask"].unique().tolist()) == {0, 1, 255}

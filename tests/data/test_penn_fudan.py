@@ -55,6 +55,14 @@ def test_image_without_mask_is_named(folder: Path) -> None:
     assert "FudanPed00002_mask.png" in str(raised.value)
 
 
+def test_mask_without_its_photo_is_named(folder: Path) -> None:
+    (folder / "PNGImages" / "FudanPed00003.png").unlink()
+    with pytest.raises(DatasetNotFoundError, match="1 masks in .*PedMasks have no photo in") as raised:
+        PennFudanPed(folder)
+    message = str(raised.value)
+    assert "FudanPed00003_mask.png" in message and "add the photo, or remove the mask" in message
+
+
 def test_mask_of_another_size_is_named(folder: Path) -> None:
     Image.fromarray(np.zeros((5, 5), dtype=np.uint8)).save(folder / "PedMasks" / "FudanPed00001_mask.png")
     with pytest.raises(DatasetFormatError, match="FudanPed00001_mask.png is .* must match its image"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import shutil
 from pathlib import Path
 
@@ -119,6 +120,18 @@ def test_colour_mask_is_named(voc: Path) -> None:
         VOCSegmentationFiles(voc)[0]
 
 
+@pytest.mark.parametrize(
+    ("mode", "found"),
+    [("L", r"holds class indices \[128\] and is a greyscale PNG"), ("RGB", r"is an RGB \(colour\) PNG")],
+)
+def test_a_mask_that_is_no_palette_of_voc_classes_says_what_it_is(voc: Path, mode: str, found: str) -> None:
+    # opening the split finds it: no item is read
+    size = (SCENES[1].width, SCENES[1].height)
+    Image.new(mode, size, 128 if mode == "L" else (128, 0, 0)).save(voc / "SegmentationClass" / "scene_b.png")
+    with pytest.raises(DatasetFormatError, match=rf'scene_b.png {found}\. A VOC mask is a palette \("P"'):
+        VOCSegmentationFiles(voc, split="train")
+
+
 def test_missing_voc_names_the_layout_and_archive(tmp_path: Path) -> None:
     with pytest.raises(DatasetNotFoundError) as raised:
         VOCSegmentationFiles(tmp_path)
@@ -139,3 +152,61 @@ def test_offline_download_says_what_to_fetch_and_where(tmp_path: Path, network_l
 
 def test_download_keeps_what_is_there(voc: Path, network_lookups: list[str]) -> None:
     assert download(voc.parent.parent) == voc and network_lookups == []
+
+
+# --- detection: boxes outside the image are clipped to it, or dropped with their labels, when read ---------
+
+
+def add_objects(xml: Path, *objects: tuple[str, int, int, int, int, int]) -> None:
+    """Append objects (name, xmin, ymin, xmax, ymax as VOC writes them, 1-based, and difficult) to an XML."""
+    written = "".join(
+        f"<object><name>{name}</name><difficult>{hard}</difficult><bndbox><xmin>{x0}</xmin><ymin>{y0}</ymin>"
+        f"<xmax>{x1}</xmax><ymax>{y1}</ymax></bndbox></object>\n"
+        for name, x0, y0, x1, y1, hard in objects
+    )
+    xml.write_text(xml.read_text().replace("</annotation>", f"{written}</annotation>"))
+
+
+def add_boxes_outside(voc: Path) -> None:
+    """Scene a (48 x 40, train list): a bicycle past the right and bottom edges, a difficult aeroplane wholly
+    right of the image, a bird at negative coordinates; scene c (36 x 30, val list): a cat past the right and
+    bottom edges and a dog wholly below the image."""
+    a = [("bicycle", 41, 31, 56, 45, 0), ("aeroplane", 51, 5, 56, 10, 1), ("bird", -3, -2, 6, 7, 0)]
+    add_objects(voc / "Annotations" / "scene_a.xml", *a)
+    add_objects(voc / "Annotations" / "scene_c.xml", ("cat", 30, 25, 40, 34, 0), ("dog", 4, 32, 9, 36, 0))
+
+
+def assert_inside_their_images(dataset: VOCDetectionFiles) -> None:
+    for _, target in dataset:
+        (height, width), boxes = target["boxes"].canvas_size, target["boxes"]
+        assert (boxes[:, 2] > boxes[:, 0]).all() and (boxes[:, 3] > boxes[:, 1]).all()
+        assert (boxes >= 0).all() and (boxes[:, 0::2] <= width).all() and (boxes[:, 1::2] <= height).all()
+        assert len(target["labels"]) == len(target["difficult"]) == len(boxes)
+
+
+def test_detection_boxes_outside_the_image_are_clipped_or_dropped_in_every_split(
+    voc: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    add_boxes_outside(voc)
+    with caplog.at_level(logging.WARNING, logger="cnnlab.data.boxes"):
+        train, val = VOCDetectionFiles(voc, split="train"), VOCDetectionFiles(voc, split="val")
+    assert_inside_their_images(train)
+    assert_inside_their_images(val)
+    target = train[0][1]
+    assert target["boxes"].tolist() == [*(r.box for r in SCENES[0].rects), [40, 30, 48, 40], [0, 0, 6, 7]]
+    assert target["labels"].tolist() == [0, 2, 1, 2]
+    assert target["difficult"].tolist() == [False, True, False, False]  # the aeroplane's flag went with it
+    target = val[0][1]
+    assert target["boxes"].tolist() == [[29, 24, 36, 30]] and target["labels"].tolist() == [7]
+    (train_line,) = [r.getMessage() for r in caplog.records if "Annotations (train list)" in r.getMessage()]
+    (val_line,) = [r.getMessage() for r in caplog.records if "Annotations (val list)" in r.getMessage()]
+    assert "of 6 boxes, clipped 2" in train_line and "dropped 1 with no area" in train_line
+    assert "of 2 boxes, clipped 1" in val_line and "dropped 1 with no area" in val_line
+
+
+def test_detection_boxes_are_clipped_to_the_jpeg_when_the_xml_has_no_size(voc: Path) -> None:
+    add_boxes_outside(voc)
+    xml = voc / "Annotations" / "scene_a.xml"
+    xml.write_text(xml.read_text().replace("<width>48</width>", "<width>0</width>"))
+    boxes = VOCDetectionFiles(voc, split="train")[0][1]["boxes"]
+    assert boxes.tolist()[2:] == [[40, 30, 48, 40], [0, 0, 6, 7]]

@@ -381,6 +381,54 @@ def test_a_mask_beyond_num_classes_names_the_setting(monkeypatch: pytest.MonkeyP
         task.on_before_batch_transfer((torch.randn(1, 3, 4, 4), {"mask": mask}), 0)
 
 
+class Predicts(nn.Module):
+    """A network that scores every pixel as the class map it is given."""
+
+    output = "pixel_scores"
+
+    def __init__(self, classes: torch.Tensor, num_classes: int) -> None:
+        super().__init__()
+        self.classes, self.num_classes = classes, num_classes
+        self.unused = nn.Parameter(torch.zeros(1))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return F.one_hot(self.classes, self.num_classes).permute(0, 3, 1, 2).float()
+
+
+def half(top: int, bottom: int, corner: int | None = None) -> torch.Tensor:
+    """A 4 x 4 class map: ``top`` in the first two rows, ``bottom`` in the last two, ``corner`` at (0, 0)."""
+    classes = torch.tensor([top, top, bottom, bottom])[:, None].expand(4, 4)[None].clone()
+    if corner is not None:
+        classes[0, 0, 0] = corner
+    return classes
+
+
+@pytest.mark.parametrize(
+    ("classes", "mask", "predicted", "miou", "dice"),
+    [
+        # classes 2 and 3 have no pixels, true or predicted: left out of the mean (not 1.0, not 0)
+        (4, half(1, 0), half(1, 0, corner=0), (8 / 9 + 7 / 8) / 2, (16 / 17 + 14 / 15) / 2),
+        # the object is true but never predicted: it counts 0, so a background-only model is far from 1.0
+        (2, half(1, 0), half(0, 0), 0.5 / 2, (2 / 3) / 2),
+        # an object labelled 255 (ignored) is invisible: why black-and-white masks are refused at setup
+        (2, half(IGNORE_INDEX, 0), half(0, 0), 1.0, 1.0),
+    ],
+)
+def test_mean_iou_and_dice_average_over_the_classes_with_pixels(
+    classes: int,
+    mask: torch.Tensor,
+    predicted: torch.Tensor,
+    miou: float,
+    dice: float,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    net = Predicts(predicted, classes)
+    task = quiet(SegmentationTask(net, classes, OPTIMIZER, figures=False), monkeypatch)
+    task.validation_step((torch.zeros(1, 3, 4, 4), {"mask": mask}), 0)
+    found = task.val_metrics.compute()
+    assert found["val/miou"].item() == pytest.approx(miou) and found["val/dice"].item() == pytest.approx(dice)
+
+
 def test_pairing_names_the_models_and_datasets_that_fit() -> None:
     with pytest.raises(ConfigError, match=r"Models for task=segmentation: deeplabv3, fcn, lraspp, unet"):
         check_pairing(compose_cfg("task=segmentation", "data=shapes", "model=simple_cnn"))

@@ -21,6 +21,8 @@ from cnnlab.errors import DataError
 
 #: PIL modes of one channel with more than 8 bits: 16-bit PNG/TIFF ("I;16*") and 32-bit integer ("I")
 WIDE_GREY_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+#: PIL modes of one index per pixel: the masks read (palette, grey, 16- and 32-bit grey, 1-bit)
+MASK_MODES = ("P", "L", "I", "I;16", "1")
 
 
 class ImageReadError(DataError):
@@ -88,7 +90,7 @@ def read_mask(path: str | Path) -> torch.Tensor:
     path = Path(path)
     try:
         with Image.open(path) as image:
-            if image.mode not in ("P", "L", "I", "I;16", "1"):
+            if image.mode not in MASK_MODES:
                 raise ImageReadError(
                     f"{path}: a mask must store one class index per pixel (a palette or greyscale PNG), "
                     f"not {image.mode} colours"

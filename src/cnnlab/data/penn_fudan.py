@@ -2,7 +2,8 @@
 ``PennFudanPed/PedMasks/<name>_mask.png``.
 
 A mask holds one id per pedestrian (0 is the background, 1..N the people), from which each person's binary
-mask and tight box follow; ``Annotation/*.txt`` repeats those boxes and is not read.
+mask and tight box follow; ``Annotation/*.txt`` repeats those boxes and is not read. Every mask is decoded
+once when the folder is opened (cached beside it), so a bad one stops a run before training.
 """
 
 from __future__ import annotations
@@ -21,7 +22,9 @@ from torchvision.ops import masks_to_boxes
 from cnnlab.data.base import ImageDataModule
 from cnnlab.data.errors import DatasetFormatError, DatasetNotFoundError, dataset_not_found
 from cnnlab.data.io import read_image, read_mask
+from cnnlab.data.masks import NamesAbsentClasses, check_readable, check_size
 from cnnlab.data.samples import BoxLabelsAfterBackground
+from cnnlab.data.scan import scan_masks
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +36,7 @@ LAYOUT = ("PNGImages", "PedMasks")
 class PennFudanPed(Dataset):
     """170 street photos with a box, a mask and the label ``person`` (0) for each pedestrian."""
 
-    def __init__(self, root: str | os.PathLike, channels: int = 3) -> None:
+    def __init__(self, root: str | os.PathLike, channels: int = 3, workers: int = 0) -> None:
         #: the object classes: ``labels`` index this list
         self.class_names = ["person"]
         #: the mask classes: 0 background, 1 person
@@ -51,6 +54,21 @@ class PennFudanPed(Dataset):
                 f"missing {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}. Each "
                 "PNGImages/<name>.png needs PedMasks/<name>_mask.png: unzip the archive again"
             )
+        expected = {mask.name for _, mask in self.samples}
+        masks = sorted(p for p in (self.folder / "PedMasks").glob("*.png") if not p.name.startswith("."))
+        alone = [mask.name for mask in masks if mask.name not in expected]
+        if alone:
+            listed = ", ".join(alone[:5]) + (" ..." if len(alone) > 5 else "")
+            raise DatasetNotFoundError(
+                f"{len(alone)} masks in {self.folder / 'PedMasks'} have no photo in "
+                f"{self.folder / 'PNGImages'}: {listed}. PedMasks/<name>_mask.png is the mask of "
+                "PNGImages/<name>.png: add the photo, or remove the mask"
+            )
+        facts = scan_masks(self.samples, self.folder, workers)
+        for image, mask in self.samples:
+            check_readable(mask, image, facts[mask])
+        #: the classes each semantic mask holds: 0 where there is background, 1 where there are people
+        self.mask_classes = [frozenset(int(v > 0) for v in facts[mask].values) for _, mask in self.samples]
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -59,11 +77,7 @@ class PennFudanPed(Dataset):
         image_path, mask_path = self.samples[index]
         image = read_image(image_path, self.channels)
         ids = read_mask(mask_path)
-        if ids.shape != image.shape[1:]:
-            raise DatasetFormatError(
-                f"{mask_path} is {tuple(ids.shape)} (H, W) but its image {image_path.name} is "
-                f"{tuple(image.shape[1:])}: the mask must match its image"
-            )
+        check_size(mask_path, ids.shape, image_path, image.shape[1:])  # again: a file replaced during the run
         people = ids.unique()
         people = people[people != 0]
         instances = ids[None] == people[:, None, None]
@@ -126,7 +140,7 @@ def _instructions(root: Path) -> str:
     )
 
 
-class PennFudanDataModule(ImageDataModule):
+class PennFudanDataModule(NamesAbsentClasses, ImageDataModule):
     """Penn-Fudan pedestrians for segmentation (person vs background) and detection (a box per person).
 
     Class 0 is the background, class 1 a person, in masks and box labels alike. The database has no splits:
@@ -156,10 +170,17 @@ class PennFudanDataModule(ImageDataModule):
     def load_split(self, split: str) -> Dataset:
         if not self._pool:
             assert self.root is not None
-            people = PennFudanPed(self.root, channels=self.in_channels)
+            people = PennFudanPed(self.root, channels=self.in_channels, workers=self.num_workers)
             self._set_class_names(people.segmentation_class_names)
             order = torch.randperm(len(people), generator=torch.Generator().manual_seed(0)).tolist()
             n_test = max(1, round(len(people) * self.test_fraction))
+            if len(people) - n_test < 2:
+                raise DatasetFormatError(
+                    f"{people.folder / 'PNGImages'} holds {len(people)} photo{'s' if len(people) > 1 else ''}"
+                    f": too few to hold out data.test_fraction={self.test_fraction} ({n_test}) for testing "
+                    "and still train and validate on the rest (at least one photo each). Add photos (with "
+                    "their PedMasks/<name>_mask.png)"
+                )
             pool = BoxLabelsAfterBackground(people)
             self._pool = {"test": Subset(pool, order[:n_test]), "train": Subset(pool, order[n_test:])}
         return self._pool[split]

@@ -1,9 +1,10 @@
-"""Checking image files before a run trains on them: every bad file found at setup, none mid-epoch.
+"""Checking image and mask files before a run trains on them: every bad file found at setup, none mid-epoch.
 
 Each file is opened and decoded (JPEGs at an eighth of their size, which still reads every byte of the stream,
 so a truncated file fails here): empty files, files no reader recognises, truncated images and formats cnnlab
-does not read (GIF) are reported with their reason. Results are cached beside the data, keyed by each file's
-size and modification time, so a second run checks only what changed.
+does not read (GIF) are reported with their reason. A mask is decoded whole, for its size and the values it
+holds, beside its image's size (read from the header). Results are cached beside the data, keyed by each
+file's size and modification time, so a second run checks only what changed.
 """
 
 from __future__ import annotations
@@ -12,12 +13,15 @@ import json
 import logging
 import os
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+from typing import Any
 
 from PIL import Image, UnidentifiedImageError
+
+from cnnlab.data.io import ImageReadError, read_mask
 
 log = logging.getLogger(__name__)
 
@@ -67,38 +71,97 @@ def check_image(path: str | os.PathLike) -> Checked:
     return Checked(width=width, height=height)
 
 
+@dataclass(frozen=True)
+class MaskFacts:
+    """What reading one mask found: its reason when it (or its image) cannot be read; its PIL mode, its size
+    and its image's (H, W), and the values it holds."""
+
+    reason: str = ""
+    mode: str = ""
+    height: int = 0
+    width: int = 0
+    image_height: int = 0
+    image_width: int = 0
+    values: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "values", tuple(self.values))  # a list when read back from the cache
+
+
+def check_mask(image: Path, mask: Path) -> MaskFacts:
+    """What ``mask`` holds (decoding it as training reads it) and the size of its ``image`` (its header)."""
+    try:
+        with Image.open(image) as photo:
+            width, height = photo.size
+    except (OSError, SyntaxError, ValueError) as err:  # UnidentifiedImageError is an OSError
+        return MaskFacts(f"{image}: unreadable image ({err})")
+    mode = ""
+    try:
+        with Image.open(mask) as opened:
+            mode = opened.mode
+        decoded = read_mask(mask)
+    except ImageReadError as err:  # read_mask says why (not one index per pixel, truncated, ...)
+        return MaskFacts(str(err), mode)
+    except (OSError, SyntaxError, ValueError) as err:
+        return MaskFacts(f"{mask}: unreadable mask ({err})", mode)
+    rows, columns = decoded.shape
+    return MaskFacts("", mode, rows, columns, height, width, tuple(decoded.unique().tolist()))
+
+
 def scan_images(files: Sequence[Path], root: Path, workers: int = 0) -> dict[Path, Checked]:
     """Check every file, reading earlier results from ``root``'s cache for files that did not change."""
-    cache_file = root / ".cnnlab_scan.json"
+    jobs = {path: (path,) for path in files}
+    return _scan(jobs, root, root / ".cnnlab_scan.json", check_image, Checked, workers, "image files")
+
+
+def scan_masks(pairs: Sequence[tuple[Path, Path]], root: Path, workers: int = 0) -> dict[Path, MaskFacts]:
+    """The facts of every (image, mask) pair by mask, from ``root``'s cache for pairs that did not change."""
+    jobs = {mask: (image, mask) for image, mask in pairs}
+    return _scan(jobs, root, root / ".cnnlab_masks.json", check_mask, MaskFacts, workers, "masks")
+
+
+def _scan(
+    jobs: dict[Path, tuple[Path, ...]],
+    root: Path,
+    cache_file: Path,
+    check: Callable[..., Any],
+    result: type,
+    workers: int,
+    what: str,
+) -> dict[Path, Any]:
+    """``check(*files)`` of every job, read from ``cache_file`` where none of the job's files changed."""
     cached = _read(cache_file)
-    keys = {path: _key(path) for path in files}
-    results: dict[Path, Checked] = {}
+    keys = {name: [n for path in files for n in _key(path)] for name, files in jobs.items()}
+    wanted = {field.name for field in fields(result)}
+    results: dict[Path, Any] = {}
     todo = []
-    for path, key in keys.items():
-        entry = cached.get(_relative(path, root))
-        if entry is not None and entry.get("key") == key:
-            results[path] = Checked(entry["reason"], entry["width"], entry["height"])
+    for name, key in keys.items():
+        entry = cached.get(_relative(name, root))
+        if entry is not None and entry.get("key") == key and set(entry) - {"key"} == wanted:
+            results[name] = result(**{k: v for k, v in entry.items() if k != "key"})
         else:
-            todo.append(path)
+            todo.append(name)
     if todo:
         started = time.perf_counter()
-        results.update(zip(todo, _check_all(todo, workers), strict=True))
+        results.update(zip(todo, _check_all(check, [jobs[name] for name in todo], workers), strict=True))
         log.info(
-            "data: checked %d image files in %.1f s (%d more unchanged since the last check)",
+            "data: checked %d %s in %.1f s (%d more unchanged since the last check)",
             len(todo),
+            what,
             time.perf_counter() - started,
-            len(files) - len(todo),
+            len(jobs) - len(todo),
         )
-        entries = {_relative(path, root): {"key": keys[path], **asdict(results[path])} for path in files}
-        _write(cache_file, entries)
+        # entries of other files stay: two splits of one folder are scanned one after the other
+        fresh = {_relative(name, root): {"key": keys[name], **asdict(results[name])} for name in jobs}
+        _write(cache_file, cached | fresh)
     return results
 
 
-def _check_all(paths: Sequence[Path], workers: int) -> Iterable[Checked]:
-    if workers > 1 and len(paths) >= PARALLEL_FROM:
+def _check_all(check: Callable[..., Any], jobs: Sequence[tuple[Path, ...]], workers: int) -> Iterable[Any]:
+    if workers > 1 and len(jobs) >= PARALLEL_FROM:
         with ProcessPoolExecutor(max_workers=workers) as pool:
-            return list(pool.map(check_image, paths, chunksize=64))
-    return [check_image(path) for path in paths]
+            return list(pool.map(check, *zip(*jobs, strict=True), chunksize=64))
+    return [check(*files) for files in jobs]
 
 
 def _key(path: Path) -> list[int]:
@@ -115,9 +178,10 @@ def _relative(path: Path, root: Path) -> str:
 
 def _read(path: Path) -> dict:
     try:
-        return json.loads(path.read_text())
+        found = json.loads(path.read_text())
     except (OSError, ValueError):
         return {}
+    return found if isinstance(found, dict) else {}
 
 
 def _write(path: Path, entries: dict) -> None:

@@ -1,10 +1,13 @@
 """Pascal VOC as distributed: ``VOCdevkit/VOC<year>/`` with ``JPEGImages/``, ``SegmentationClass/``,
 ``Annotations/`` and the split lists in ``ImageSets/{Segmentation,Main}/<split>.txt``.
 
-Segmentation masks are palette PNGs of class indices 0..20 with 255 on object borders (ignored, kept as 255).
-``VOCSegmentationDataModule`` serves the segmentation masks to the segmentation task.
+Segmentation masks are palette PNGs of class indices 0..20 with 255 on object borders (ignored, kept as 255);
+every mask of a split is decoded once when the split is opened (cached beside the data), so a bad one stops a
+run before training. ``VOCSegmentationDataModule`` serves the segmentation masks to the segmentation task.
 Annotation boxes count pixels from 1, both ends included; they become 0-based pixel edges (xmin - 1, ymin - 1,
 xmax, ymax), as detectron2 reads VOC, so that they mean what COCO's and every other reader's boxes mean.
+They are clipped to the image (the XML's ``<size>``, or the JPEG's own size where that is missing or 0) and
+those left with no width or height dropped, in every split, counted in one log line per split.
 """
 
 from __future__ import annotations
@@ -22,9 +25,12 @@ from torchvision import datasets, tv_tensors
 from torchvision.datasets.voc import DATASET_YEAR_DICT
 
 from cnnlab.data.base import ImageDataModule
+from cnnlab.data.boxes import BoxRepairs, header_size
 from cnnlab.data.errors import DatasetFormatError, DatasetNotFoundError
-from cnnlab.data.io import read_image, read_mask
+from cnnlab.data.io import MASK_MODES, read_image, read_mask
+from cnnlab.data.masks import NamesAbsentClasses, check_readable, check_size
 from cnnlab.data.samples import IGNORE_INDEX
+from cnnlab.data.scan import scan_masks
 
 log = logging.getLogger(__name__)
 
@@ -39,13 +45,28 @@ class VOCSegmentationFiles(Dataset):
     """VOC images with their class masks (0 background, 1..20 ``VOC_CLASSES``, 255 borders) for one split."""
 
     def __init__(
-        self, root: str | os.PathLike, split: str = "train", channels: int = 3, year: str | None = None
+        self,
+        root: str | os.PathLike,
+        split: str = "train",
+        channels: int = 3,
+        year: str | None = None,
+        workers: int = 0,
     ) -> None:
         self.class_names = ["background", *VOC_CLASSES]
         self.folder = year_folder(root, year)
         self.channels = channels
         stems = _split_stems(self.folder, "Segmentation", split)
         self.samples = _paired(self.folder, stems, "SegmentationClass", ".png")
+        facts = scan_masks(self.samples, self.folder, workers)
+        for image, mask in self.samples:
+            found = facts[mask]
+            if found.mode and found.mode not in MASK_MODES:
+                raise DatasetFormatError(f"{mask} is {_described(found.mode)}. {VOC_MASKS}")
+            check_readable(mask, image, found)
+            self._check_classes(mask, found.values, found.mode)
+        self.modes = [facts[mask].mode for _, mask in self.samples]
+        #: the classes each mask holds (borders left out)
+        self.mask_classes = [frozenset(facts[mask].values) - {IGNORE_INDEX} for _, mask in self.samples]
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -54,18 +75,32 @@ class VOCSegmentationFiles(Dataset):
         image_path, mask_path = self.samples[index]
         image = read_image(image_path, self.channels)
         mask = read_mask(mask_path)
-        if mask.shape != image.shape[1:]:
-            raise DatasetFormatError(
-                f"{mask_path} is {tuple(mask.shape)} (H, W) but its image is {tuple(image.shape[1:])}: "
-                "the mask must match its image"
-            )
-        unknown = mask[(mask >= len(self.class_names)) & (mask != IGNORE_INDEX)].unique()
-        if len(unknown):
-            raise DatasetFormatError(
-                f"{mask_path} holds class indices {unknown.tolist()}; VOC masks hold 0..20 and "
-                f"{IGNORE_INDEX} (borders). Is it a colour PNG rather than the palette PNG VOC ships?"
-            )
+        # checked when the split was opened: these catch a file replaced during the run
+        check_size(mask_path, mask.shape, image_path, image.shape[1:])
+        self._check_classes(mask_path, mask.unique().tolist(), self.modes[index])
         return tv_tensors.Image(image), {"mask": tv_tensors.Mask(mask)}
+
+    def _check_classes(self, path: Path, values: list[int] | tuple[int, ...], mode: str) -> None:
+        unknown = [v for v in values if v >= len(self.class_names) and v != IGNORE_INDEX]
+        if unknown:
+            raise DatasetFormatError(
+                f"{path} holds class indices {unknown} and is {_described(mode)}. {VOC_MASKS}"
+            )
+
+
+#: what a VOC mask is, for the messages that refuse one
+VOC_MASKS = (
+    f'A VOC mask is a palette ("P" mode) PNG of class indices: 0 the background, 1..20 the classes, '
+    f"{IGNORE_INDEX} object borders, as VOCdevkit's SegmentationClass/ holds them. Replace it with the "
+    "original file (a colour picture of the classes cannot be read back as indices)"
+)
+
+
+def _described(mode: str) -> str:
+    """A PIL mode as a person names the kind of PNG."""
+    kinds = {"P": "a palette PNG", "L": "a greyscale PNG", "1": "a 1-bit PNG", "RGB": "an RGB (colour) PNG"}
+    kinds |= {"RGBA": "an RGBA (colour) PNG", "LA": "a greyscale PNG with alpha", "I;16": "a 16-bit PNG"}
+    return kinds.get(mode, f"a PNG of PIL mode {mode!r}")
 
 
 class VOCDetectionFiles(Dataset):
@@ -85,7 +120,13 @@ class VOCDetectionFiles(Dataset):
         stems = _split_stems(self.folder, "Main", split)
         self.samples = _paired(self.folder, stems, "Annotations", ".xml")
         # every annotation is parsed now, so that a malformed one stops the run before training starts
-        self.objects = [parse_annotation(xml, keep_difficult) for _, xml in self.samples]
+        repairs = BoxRepairs()
+        self.objects = []
+        for image, xml in self.samples:
+            boxes, labels, difficult, size = parse_annotation(xml, keep_difficult)
+            width, height = size or header_size(image)
+            self.objects.append(repairs.fit(boxes, width, height, labels, difficult))
+        repairs.log(f"{self.folder / 'Annotations'} ({split} list)")
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -104,10 +145,14 @@ class VOCDetectionFiles(Dataset):
         return tv_tensors.Image(image), target
 
 
-def parse_annotation(path: Path, keep_difficult: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The boxes (N, 4) float32 as 0-based XYXY, labels (N,) int64 and difficult flags (N,) of a VOC XML."""
+def parse_annotation(
+    path: Path, keep_difficult: bool = True
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[float, float] | None]:
+    """The boxes (N, 4) float32 as 0-based XYXY (as written: not clipped), labels (N,) int64, difficult flags
+    (N,) and image (width, height) of a VOC XML; the size is None where ``<size>`` is missing or 0."""
     try:
-        objects = ET.parse(path).getroot().findall("object")
+        root = ET.parse(path).getroot()
+        objects = root.findall("object")
     except ET.ParseError as err:
         raise DatasetFormatError(
             f"{path} is not valid XML ({err}): replace it with the original file"
@@ -136,7 +181,16 @@ def parse_annotation(path: Path, keep_difficult: bool = True) -> tuple[np.ndarra
         np.array(boxes, dtype=np.float32).reshape(-1, 4),
         np.array(labels, dtype=np.int64),
         np.array(difficult, dtype=bool),
+        _annotated_size(root),
     )
+
+
+def _annotated_size(annotation: ET.Element) -> tuple[float, float] | None:
+    try:
+        width, height = (float(annotation.findtext(f"size/{key}", "")) for key in ("width", "height"))
+    except ValueError:
+        return None
+    return (width, height) if width > 0 and height > 0 else None
 
 
 def year_folder(root: str | os.PathLike, year: str | None = None) -> Path:
@@ -222,7 +276,7 @@ def _paired(folder: Path, stems: list[str], target_dir: str, suffix: str) -> lis
     return samples
 
 
-class VOCSegmentationDataModule(ImageDataModule):
+class VOCSegmentationDataModule(NamesAbsentClasses, ImageDataModule):
     """Pascal VOC's segmentation masks: the background and 20 classes, object borders ignored.
 
     The training pool is the ``train_split`` list (the run's seed carves validation from it), the test set the
@@ -256,7 +310,8 @@ class VOCSegmentationDataModule(ImageDataModule):
 
     def load_split(self, split: str) -> Dataset:
         assert self.root is not None
-        return VOCSegmentationFiles(self.root, self.splits[split], channels=self.in_channels, year=self.year)
+        name = self.splits[split]
+        return VOCSegmentationFiles(self.root, name, self.in_channels, self.year, workers=self.num_workers)
 
 
 class VOCDetectionDataModule(ImageDataModule):
