@@ -46,6 +46,9 @@ predict: $(STAMP) ## predictions for images: make predict MODEL=<run>/export IMA
 app: $(STAMP) ## serve the best export under outputs/ (or MODEL=...) at http://127.0.0.1:8000
 	$(PY) -m cnnlab.app.server $(MODEL) $(ARGS)
 
+visualize: $(STAMP) ## what a CNN sees: make visualize ARGS="filters a.png" | "cam <run> a.png" | ...
+	$(PY) -m cnnlab.visualize.cli $(ARGS)
+
 bench-serving: $(STAMP) ## export time, file size and time per prediction of every format and task
 	$(PY) scripts/bench_serving.py $(ARGS)
 
