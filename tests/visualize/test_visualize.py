@@ -149,3 +149,40 @@ def test_embedding_projects_the_test_split_and_marks_the_mistakes(digits_run: Pa
         assert embedding.project(values, method).shape == (200, 2)
     main(["embedding", str(digits_run), "--limit", "120"])
     assert (digits_run / "figures" / "embedding.png").is_file()
+
+
+def _images_logged(run: Path) -> dict[str, tuple[int, int]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    found = {}
+    for events in (run / "tensorboard").rglob("events.out.tfevents.*"):
+        log = EventAccumulator(str(events), size_guidance={"images": 0})
+        log.Reload()
+        for tag in log.Tags()["images"]:
+            found[tag] = (log.Images(tag)[-1].width, log.Images(tag)[-1].height)
+    return found
+
+
+def test_a_run_with_frozen_stages_logs_its_filters_and_cams_when_it_ends(make_cfg) -> None:
+    # frozen stages pass no gradient to the last stage's maps: the callback turns them on for the CAM
+    cfg = make_cfg(
+        "callbacks=[default,visualize]",
+        "callbacks.visualize.num_images=3",
+        "finetune=frozen",
+        "trainer.max_epochs=1",
+        "trainer.limit_train_batches=3",
+        "export=null",
+    )
+    train(cfg)
+    logged = _images_logged(Path(cfg.paths.output_dir))
+    assert {"visualize/filters", "visualize/cam"} <= set(logged)
+    # three 16 px digits enlarged 4 times, side by side with 2 px between them
+    assert logged["visualize/cam"] == (3 * 64 + 4 * 2, 64 + 2 * 2)
+
+
+def test_a_wrong_visualize_option_is_refused_before_any_data_is_read(make_cfg, monkeypatch) -> None:
+    from cnnlab.data.digits import DigitsDataModule
+
+    monkeypatch.setattr(DigitsDataModule, "setup", lambda *a: pytest.fail("data was read"))
+    with pytest.raises(ConfigError, match="callbacks.visualize.method=gradkam: choose one of gradcam"):
+        train(make_cfg("callbacks=[default,visualize]", "callbacks.visualize.method=gradkam"))
