@@ -84,5 +84,8 @@ def test_cam_works_for_every_tasks_network(make_cfg, tmp_path: Path, recipe: str
     values, said = inside.cam(loaded, net_input, None, "eigencam" if recipe == "det_shapes" else "gradcam")
     assert said.startswith(what) and values.shape == tuple(shown.shape[1:])
     assert np.isfinite(values).all() and 0 <= values.min() and values.max() <= 1 + 1e-6
+    # one input convention: forward_stages takes what forward takes, the contract's prepared image
+    stage, maps = inside.features(loaded, net_input, None)
+    assert stage == len(loaded.net.stages) - 1 and maps.dim() == 3 and maps.shape[0] > 1
     main(["cam", str(record["best_checkpoint"]), str(image), "--out", str(tmp_path / "figures")])
     assert len(list((tmp_path / "figures").glob("cam_*_image.png"))) == 1
