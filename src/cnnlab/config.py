@@ -17,8 +17,8 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from cnnlab import CONF_DIR
-from cnnlab.data.samples import TARGET_KEYS
 from cnnlab.errors import CnnlabError, ConfigError
+from cnnlab.samples import TARGET_KEYS
 
 log = logging.getLogger(__name__)
 

@@ -62,6 +62,7 @@ def build(cfg: DictConfig) -> tuple[L.LightningDataModule, BaseTask]:
                 cfg.data.mean, cfg.data.std = list(mean), list(std)
     with config.explained("task"):
         task = make_task(cfg, net)
+    task.use_data(datamodule.contract())
     return datamodule, task
 
 

@@ -22,9 +22,9 @@ from torch.utils.data import Subset
 import cnnlab.data.scan
 from cnnlab import CONF_DIR
 from cnnlab.data.errors import DatasetFormatError, DatasetNotFoundError
-from cnnlab.data.samples import IGNORE_INDEX
 from cnnlab.data.voc import VOC_CLASSES
 from cnnlab.errors import ConfigError
+from cnnlab.samples import IGNORE_INDEX
 from cnnlab.tasks.segmentation import SegmentationTask
 
 # small sizes for the fake files; every other value comes from the data config

@@ -8,7 +8,7 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 from cnnlab.data import transforms as T
-from cnnlab.data.samples import (
+from cnnlab.samples import (
     IGNORE_INDEX,
     SampleDataset,
     SampleSpec,

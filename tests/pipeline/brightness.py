@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import default_collate
 
-from cnnlab.data.samples import SampleSpec
+from cnnlab.samples import SampleSpec
 from cnnlab.serving import draw
 from cnnlab.serving.preprocess import Preprocess
 from cnnlab.tasks.base import BaseTask

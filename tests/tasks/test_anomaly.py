@@ -19,9 +19,9 @@ from torchmetrics.functional.classification import binary_auroc
 
 from cnnlab.checkpoints import load_task, read_checkpoint
 from cnnlab.data.digits import DigitsDataModule
-from cnnlab.data.samples import stack_collate
 from cnnlab.errors import ConfigError
 from cnnlab.models.autoencoders import LinearAutoencoder
+from cnnlab.samples import stack_collate
 from cnnlab.serving import runtime
 from cnnlab.serving.anomaly import image_scores
 from cnnlab.tasks.anomaly import AnomalyTask, best_f1_threshold

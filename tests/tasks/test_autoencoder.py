@@ -19,11 +19,11 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from cnnlab import CONF_DIR
 from cnnlab.checkpoints import load_task
 from cnnlab.data.digits import DigitsDataModule
-from cnnlab.data.samples import SampleSpec
 from cnnlab.errors import ConfigError
 from cnnlab.figures.autoencoder import project_2d
 from cnnlab.models.autoencoders import LinearAutoencoder
 from cnnlab.predict import main as predict
+from cnnlab.samples import SampleSpec
 from cnnlab.serving import runtime
 from cnnlab.tasks.autoencoder import AutoencoderTask, add_noise, reconstruction_loss
 from cnnlab.train import train

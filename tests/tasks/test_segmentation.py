@@ -27,9 +27,9 @@ from cnnlab.checkpoints import load_task
 from cnnlab.config import ConfigError, check_pairing
 from cnnlab.data import segmentation_presets as presets
 from cnnlab.data import transforms as T
-from cnnlab.data.samples import IGNORE_INDEX, SampleDataset
 from cnnlab.data.shapes import ShapesDataModule, ShapesDataset
 from cnnlab.predict import main as predict
+from cnnlab.samples import IGNORE_INDEX, SampleDataset
 from cnnlab.serving import runtime, segmentation
 from cnnlab.tasks.segmentation import SegmentationTask, class_table, cross_entropy, dice_loss, metric_names
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 from omegaconf import DictConfig
 
-from cnnlab.data.mixing import BatchMix, batch_mix
+from cnnlab.tasks.mixing import BatchMix, batch_mix
 from cnnlab.train import build
 
 

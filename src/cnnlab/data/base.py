@@ -21,8 +21,8 @@ import torch
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, Sampler, Subset
 
 from cnnlab.data import transforms as T
-from cnnlab.data.samples import SampleDataset, SampleSpec, as_image, label_collate
 from cnnlab.errors import ClassCountError
+from cnnlab.samples import SampleDataset, SampleSpec, as_image, label_collate
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +83,7 @@ class EpochSampler(Sampler[int]):
 class ImageDataModule(L.LightningDataModule):
     """Shared behaviour of the datamodules; subclasses implement ``load_split``."""
 
-    #: the target keys this dataset's samples carry (see ``cnnlab.data.samples``)
+    #: the target keys this dataset's samples carry (see ``cnnlab.samples``)
     targets: ClassVar[tuple[str, ...]] = ("label",)
 
     def __init__(

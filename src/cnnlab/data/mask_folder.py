@@ -23,9 +23,9 @@ from cnnlab.data.base import ImageDataModule
 from cnnlab.data.errors import DatasetFormatError, DatasetNotFoundError
 from cnnlab.data.io import read_image, read_mask
 from cnnlab.data.masks import NamesAbsentClasses, check_readable, check_size
-from cnnlab.data.samples import IGNORE_INDEX
 from cnnlab.data.scan import scan_masks
 from cnnlab.errors import ConfigError
+from cnnlab.samples import IGNORE_INDEX
 
 LAYOUT = {"images": IMG_EXTENSIONS, "masks": (".png",)}
 

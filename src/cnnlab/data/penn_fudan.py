@@ -23,8 +23,8 @@ from cnnlab.data.base import ImageDataModule
 from cnnlab.data.errors import DatasetFormatError, DatasetNotFoundError, dataset_not_found
 from cnnlab.data.io import read_image, read_mask
 from cnnlab.data.masks import NamesAbsentClasses, check_readable, check_size
-from cnnlab.data.samples import BoxLabelsAfterBackground
 from cnnlab.data.scan import scan_masks
+from cnnlab.samples import BoxLabelsAfterBackground
 
 log = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ from torch.utils.data import Dataset
 from torchvision import tv_tensors
 
 from cnnlab.data.base import ImageDataModule
-from cnnlab.data.samples import BoxLabelsAfterBackground
+from cnnlab.samples import BoxLabelsAfterBackground
 
 #: the shapes that can be drawn, usable as ``classes``
 KINDS = ("circle", "square", "triangle", "star", "hexagon", "cross")

@@ -1,7 +1,7 @@
 """Image transforms: the deterministic preprocessing shared with exported models, and augmentation presets.
 
 Every step is a ``torchvision.transforms.v2`` transform applied to a sample's image and target together (see
-``cnnlab.data.samples``): masks follow the image with nearest-neighbour resizing, boxes are moved and clipped.
+``cnnlab.samples``): masks follow the image with nearest-neighbour resizing, boxes are moved and clipped.
 Evaluation converts to float in [0, 1] (by the image's bit depth), applies the task's geometry (``crop``:
 resize the shorter side and centre-crop; ``resize``: the shorter side only; ``none``) and normalises.
 ``cnnlab.serving.preprocess.Preprocess`` computes the same inside exported models (tested equal), so a
@@ -22,7 +22,7 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
 from cnnlab.data.io import to_unit_range
-from cnnlab.data.samples import IGNORE_INDEX
+from cnnlab.samples import IGNORE_INDEX
 from cnnlab.serving.preprocess import GEOMETRIES
 
 AugmentationFactory = Callable[..., list[nn.Module]]

@@ -29,8 +29,8 @@ from cnnlab.data.boxes import BoxRepairs, header_size
 from cnnlab.data.errors import DatasetFormatError, DatasetNotFoundError
 from cnnlab.data.io import MASK_MODES, read_image, read_mask
 from cnnlab.data.masks import NamesAbsentClasses, check_readable, check_size
-from cnnlab.data.samples import IGNORE_INDEX
 from cnnlab.data.scan import scan_masks
+from cnnlab.samples import IGNORE_INDEX
 
 log = logging.getLogger(__name__)
 

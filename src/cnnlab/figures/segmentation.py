@@ -10,8 +10,8 @@ import numpy as np
 from matplotlib.patches import Patch
 from torch import Tensor
 
-from cnnlab.data.samples import IGNORE_INDEX
 from cnnlab.figures import FigureCallback, denormalize
+from cnnlab.samples import IGNORE_INDEX
 from cnnlab.serving import draw
 
 

@@ -26,10 +26,10 @@ from torchmetrics.functional.classification import (
     binary_recall,
 )
 
-from cnnlab.data.samples import IGNORE_INDEX, SampleSpec, stack_collate
 from cnnlab.errors import ConfigError
 from cnnlab.figures.anomaly import AnomalyFigures
 from cnnlab.figures.autoencoder import AutoencoderFigures
+from cnnlab.samples import IGNORE_INDEX, SampleSpec, stack_collate
 from cnnlab.serving.anomaly import REDUCTIONS, anomaly_map, image_scores
 from cnnlab.tasks.autoencoder import AutoencoderTask, check_choice
 

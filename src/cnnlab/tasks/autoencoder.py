@@ -18,8 +18,8 @@ from torchmetrics import MetricCollection
 from torchmetrics.functional.image import structural_similarity_index_measure
 from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
 
-from cnnlab.data.samples import SampleSpec, stack_collate
 from cnnlab.figures.autoencoder import AutoencoderFigures
+from cnnlab.samples import SampleSpec, stack_collate
 from cnnlab.tasks.base import BaseTask
 
 MODES = ("reconstruct", "denoise")

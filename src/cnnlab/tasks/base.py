@@ -24,8 +24,8 @@ from lightning.pytorch.trainer.states import TrainerFn
 from torch import Tensor, nn
 
 from cnnlab import finetune
-from cnnlab.data.samples import SampleSpec
 from cnnlab.errors import CnnlabError
+from cnnlab.samples import SampleSpec
 
 # Lightning warns at every fit that a task's batch-transfer hook (classification mixes batches after the
 # transfer, segmentation checks masks before it) runs rather than the datamodule's; cnnlab's datamodules
@@ -204,10 +204,10 @@ class BaseTask(L.LightningModule):
 
     # --- checkpoint contract -----------------------------------------------------------------------------
 
-    def setup(self, stage: str) -> None:
-        datamodule = getattr(self.trainer, "datamodule", None)
-        if datamodule is not None and hasattr(datamodule, "contract"):
-            self.contract = {**datamodule.contract(), "task": self.name, "serving": self.serving}
+    def use_data(self, data_contract: dict[str, Any]) -> None:
+        """Take the data's account of its images (classes, size, normalisation) into the contract that
+        checkpoints, export and predict carry: handed over by whoever built the data, never fetched."""
+        self.contract = {**data_contract, "task": self.name, "serving": self.serving}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["cnnlab"] = {"contract": {**self.contract, **self.contract_extras()}, "task": self.name}

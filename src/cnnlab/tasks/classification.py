@@ -11,10 +11,10 @@ from torch import Tensor, nn
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
-from cnnlab.data.mixing import batch_mix
-from cnnlab.data.samples import SampleSpec, label_collate
 from cnnlab.figures.classification import ClassificationFigures
+from cnnlab.samples import SampleSpec, label_collate
 from cnnlab.tasks.base import BaseTask
+from cnnlab.tasks.mixing import batch_mix
 
 
 class ClassificationTask(BaseTask):

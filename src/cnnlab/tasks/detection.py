@@ -29,8 +29,8 @@ from torchmetrics.detection import MeanAveragePrecision
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops import StochasticDepth
 
-from cnnlab.data.samples import SampleSpec, list_collate
 from cnnlab.figures.detection import DetectionFigures
+from cnnlab.samples import SampleSpec, list_collate
 from cnnlab.tasks.base import BaseTask
 
 Target = dict[str, Tensor]

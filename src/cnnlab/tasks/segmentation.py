@@ -24,9 +24,9 @@ from torchmetrics.classification import (
     MulticlassJaccardIndex,
 )
 
-from cnnlab.data.samples import IGNORE_INDEX, SampleSpec, pad_collate
 from cnnlab.errors import ConfigError
 from cnnlab.figures.segmentation import SegmentationFigures
+from cnnlab.samples import IGNORE_INDEX, SampleSpec, pad_collate
 from cnnlab.tasks.base import BaseTask
 
 log = logging.getLogger(__name__)
