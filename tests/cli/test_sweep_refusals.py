@@ -27,7 +27,7 @@ def test_ddp_in_a_sweep_is_refused_before_any_job(trainers: str, tmp_path: Path)
     assert "Traceback" not in proc.stderr and not sweep.exists()  # no job was launched
 
 
-# a search space, a Ray option and a Ray request, each refused in the sweep's process before any job
+# refused in the sweep's process before any job: through the command line, then the sweep callback alone
 BAD_SWEEPS = {
     "a search space of an unknown type": (
         [
@@ -35,19 +35,6 @@ BAD_SWEEPS = {
             "hydra.sweeper.params={optimizer.lr: {type: floot, low: 0.001, high: 0.1}}",
         ],
         "cnnlab: hydra.sweeper.params.optimizer.lr: type='floot'; choose one of float, int, categorical",
-    ),
-    "a misspelt Ray option": (
-        ["hydra/launcher=ray", "+hydra.launcher.ray.remote.num_gpu=1", "seed=1,2"],
-        "cnnlab: hydra.launcher.ray.remote: Invalid option keyword num_gpu",
-    ),
-    "a GPU for each job on a machine without": (
-        [
-            "hydra/launcher=ray",
-            "hydra.launcher.ray.remote.num_gpus=1",
-            "+hydra.launcher.ray.init.num_gpus=0",
-            "seed=1,2",
-        ],
-        "cnnlab: hydra.launcher.ray.remote.num_gpus=1: each job asks for 1 GPU, but this machine has 0",
     ),
 }
 
@@ -100,3 +87,33 @@ def test_ray_requests_are_compared_with_the_resources_of_this_machine() -> None:
     )
     assert "resources.TPU=1" in ray_problem({"num_cpus": 4, "num_gpus": 0}, {"resources": {"TPU": 1}})
     assert "init.adress is not an option of ray.init" in ray_problem({"adress": "auto"}, {})
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (
+            ["+hydra.launcher.ray.remote.num_gpu=1"],
+            "cnnlab: hydra.launcher.ray.remote: Invalid option keyword num_gpu",
+        ),
+        (
+            ["hydra.launcher.ray.remote.num_gpus=1", "+hydra.launcher.ray.init.num_gpus=0"],
+            "cnnlab: hydra.launcher.ray.remote.num_gpus=1: each job asks for 1 GPU, but this machine has 0",
+        ),
+    ],
+)
+def test_the_sweep_callback_refuses_a_ray_sweep_no_job_could_run(
+    overrides: list[str], message: str, capsys: pytest.CaptureFixture
+) -> None:
+    from hydra import compose, initialize_config_dir
+
+    from cnnlab import CONF_DIR
+    from cnnlab.report import SweepReport
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(
+            config_name="train", overrides=["hydra/launcher=ray", *overrides], return_hydra_config=True
+        )
+    with pytest.raises(SystemExit) as stopped:
+        SweepReport().on_multirun_start(cfg)
+    assert stopped.value.code == 2 and capsys.readouterr().err.startswith(message)
