@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 ARGS   ?=
 STAMP  := $(VENV)/.installed
 
-.PHONY: install train test test-all sweep search transfer-demo eval export predict app bench-serving tensorboard lint format clean
+.PHONY: install train test test-all sweep search transfer-demo eval export predict app visualize bench-serving tensorboard lint format clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
