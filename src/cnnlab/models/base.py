@@ -32,6 +32,9 @@ class StagedNet(nn.Module):
     stages: nn.ModuleList
     #: the input the loaded weights expect (optional fields), or None when trained from scratch
     preprocessing: dict[str, Any] | None = None
+    #: the torchvision builder this network reproduces (``resnet18``; its weights' metadata describes it),
+    #: None for cnnlab's own networks
+    torchvision_arch: str | None = None
 
     def forward_stages(self, x: Tensor) -> list[Tensor]:
         """The output of every stage, in order."""

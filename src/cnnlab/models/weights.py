@@ -74,13 +74,14 @@ def load_weights(
     torchvision_net: nn.Module,
     normalisation: tuple[Sequence[float], Sequence[float]] | None = None,
 ) -> WeightsReport | None:
-    """Load ``weights`` into ``model`` and set ``model.preprocessing``; None leaves it from scratch.
+    """Load ``weights`` into ``model``, set ``preprocessing`` and ``torchvision_arch``; None: from scratch.
 
     ``torchvision_net`` is the torchvision network (``arch``) whose modules ``model`` is built from: its
     tensor names translate torchvision's state dict into the model's. ``normalisation`` replaces the mean and
     std of torchvision's weights where the network was trained on other inputs than they say.
     """
     model.preprocessing = None
+    model.torchvision_arch = arch or None
     if weights is None or str(weights).strip().lower() in ("", "none", "null"):
         return None
     if _is_path(str(weights)):
