@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 ARGS   ?=
 STAMP  := $(VENV)/.installed
 
-.PHONY: install train test test-all sweep search transfer-demo eval export predict app visualize bench-serving tensorboard lint format clean
+.PHONY: install train test test-all sweep search transfer-demo eval export predict app visualize models bench-serving tensorboard lint format clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -48,6 +48,9 @@ app: $(STAMP) ## serve the best export under outputs/ (or MODEL=...) at http://1
 
 visualize: $(STAMP) ## what a CNN sees: make visualize ARGS="filters a.png" | "cam <run> a.png" | ...
 	$(PY) -m cnnlab.visualize.cli $(ARGS)
+
+models: $(STAMP) ## the architecture comparison table of every classifier: make models ARGS="--no-speed --sort gmacs"
+	$(PY) -m cnnlab.models.table $(ARGS)
 
 bench-serving: $(STAMP) ## export time, file size and time per prediction of every format and task
 	$(PY) scripts/bench_serving.py $(ARGS)

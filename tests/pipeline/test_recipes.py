@@ -126,6 +126,20 @@ LESSONS: dict[str, Callable[[Any, Any, Any], bool]] = {
         named(task.net) == "RetinaNet" and named(dm) == "PennFudanDataModule"
     ),
     "det_voc": lambda cfg, dm, task: named(task.net) == "RetinaNet" and named(dm) == "VOCDetectionDataModule",
+    # capsules: the paper's network at 5x5 kernels on 16 px digits, three routing iterations, a decoder
+    "capsnet_digits": lambda cfg, dm, task: (
+        named(task.net) == "CapsNet"
+        and task.net.stages[0][0].kernel_size == (5, 5)
+        and task.net.head.iterations == 3
+        and task.net.decoder is not None
+    ),
+    # the paper's setting: 28 px MNIST shifted by up to 2 px, 8.2M parameters, Adam decaying every step
+    "capsnet_mnist": lambda cfg, dm, task: (
+        sum(p.numel() for p in task.net.parameters()) == 8_215_568
+        and dm.image_size == 28
+        and cfg.augmentation.padding == 2
+        and cfg.scheduler.interval == "step"
+    ),
     "det_coco": lambda cfg, dm, task: (
         named(task.net) == "RetinaNet" and named(dm) == "CocoDataModule" and preset(cfg) == "ssd"
     ),

@@ -44,7 +44,7 @@ def fit(cfg: DictConfig, digits, make_trainer, epochs: int, batches: int) -> tup
 
 
 def test_every_option_is_tested() -> None:
-    assert set(SCHEDULERS) == {"none", "cosine", "step", "plateau", "onecycle"}
+    assert set(SCHEDULERS) == {"none", "cosine", "step", "plateau", "onecycle", "exponential"}
 
 
 def test_onecycle_peaks_at_each_groups_own_rate(
@@ -75,6 +75,17 @@ def test_step_divides_after_step_size_epochs(
 ) -> None:
     cfg = make_cfg("scheduler=step", "scheduler.scheduler.step_size=1", "scheduler.scheduler.gamma=0.5")
     _, steps = fit(cfg, digits, make_trainer, epochs=3, batches=1)
+    assert [s[-1] for s in steps] == pytest.approx([BASE_LR, BASE_LR / 2, BASE_LR / 4])
+
+
+def test_exponential_multiplies_by_gamma_every_epoch_or_step(
+    make_cfg: Callable[..., DictConfig], digits, make_trainer
+) -> None:
+    cfg = make_cfg("scheduler=exponential", "scheduler.scheduler.gamma=0.5")
+    _, steps = fit(cfg, digits, make_trainer, epochs=2, batches=2)
+    assert [s[-1] for s in steps] == pytest.approx([BASE_LR, BASE_LR, BASE_LR / 2, BASE_LR / 2])
+    cfg = make_cfg("scheduler=exponential", "scheduler.scheduler.gamma=0.5", "scheduler.interval=step")
+    _, steps = fit(cfg, digits, make_trainer, epochs=1, batches=3)
     assert [s[-1] for s in steps] == pytest.approx([BASE_LR, BASE_LR / 2, BASE_LR / 4])
 
 

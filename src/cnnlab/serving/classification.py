@@ -4,6 +4,9 @@ Where the head is global average pooling then one linear layer (dropout and flat
 returns each class's activation map, ``W_k . features`` at the last feature map's resolution (Zhou et al.,
 2016): the logits are those maps' means plus the bias, and Grad-CAM gives the same picture for such a head, so
 any format shows where the network looked without a backward pass. Other heads return probabilities alone.
+
+A network that brings its own ``probabilities(output)`` (a capsule network: capsule lengths over their sum)
+is exported with those in place of the softmax of its output.
 """
 
 from __future__ import annotations
@@ -50,6 +53,13 @@ class Exported(nn.Module):
         return (torch.softmax(self.net(self.preprocess(images)), dim=1),)
 
 
+class ExportedOwnProbabilities(Exported):
+    """Preprocessing + network + the network's own ``probabilities`` of its output."""
+
+    def forward(self, images: Tensor) -> tuple[Tensor]:
+        return (self.net.probabilities(self.net(self.preprocess(images))),)
+
+
 class ExportedWithCams(Exported):
     """Probabilities and every class's activation map, for a pooled linear head."""
 
@@ -67,6 +77,8 @@ class ExportedWithCams(Exported):
 
 def wrap(net: nn.Module, contract: dict[str, Any]) -> Exported:
     """The network ready for export, with class activation maps where its head allows them."""
+    if hasattr(net, "probabilities"):  # its scores are no softmax of logits, so no maps sum to them either
+        return ExportedOwnProbabilities(net, contract)
     linear = cam_layer(net)
     return ExportedWithCams(net, contract, linear) if linear is not None else Exported(net, contract)
 

@@ -1,4 +1,4 @@
-"""Image classification: cross-entropy, accuracy (top-1, top-5) and macro F1 per split."""
+"""Image classification: cross-entropy (or the network's own loss), accuracy (top-1, top-5), macro F1."""
 
 from __future__ import annotations
 
@@ -22,6 +22,11 @@ class ClassificationTask(BaseTask):
 
     ``mixup_alpha`` / ``cutmix_alpha`` > 0 mix training batches (labels become class probabilities, so there
     is no train/acc then).
+
+    A network may bring its own loss and prediction (a capsule network's outputs are no logits): where it
+    defines ``loss(output, labels, images)`` (``images`` as pixels in [0, 1], the data's normalisation
+    undone) and ``probabilities(output)`` (N, K), the task trains with the one and scores, predicts and
+    exports with the other, in place of cross-entropy and softmax.
     """
 
     name = "classification"
@@ -44,6 +49,12 @@ class ClassificationTask(BaseTask):
         run_config: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(net, optimizer, scheduler, finetune_cfg, run_config, figures)
+        if label_smoothing and hasattr(net, "loss"):
+            raise ValueError(
+                f"task.label_smoothing={label_smoothing} smooths cross-entropy, but {type(net).__name__} "
+                "trains with its own loss; set task.label_smoothing=0"
+            )
+        self._pixel_stats: tuple[Any, Tensor, Tensor] | None = None
         metrics: dict[str, Any] = {
             "acc": MulticlassAccuracy(num_classes, average="micro"),
             "f1": MulticlassF1Score(num_classes, average="macro"),
@@ -67,9 +78,33 @@ class ClassificationTask(BaseTask):
             "cutmix_alpha": float(self.hparams.cutmix_alpha),
         }
 
-    def loss(self, logits: Tensor, target: Tensor) -> Tensor:
-        """Cross-entropy; ``target`` is class indices or, after mixup/cutmix, class probabilities."""
-        return F.cross_entropy(logits, target, label_smoothing=self.hparams.label_smoothing)
+    def loss(self, output: Tensor, target: Tensor, images: Tensor) -> Tensor:
+        """The network's own loss, else cross-entropy; ``target`` is class indices or, after mixup/cutmix,
+        class probabilities."""
+        own = getattr(self.net, "loss", None)
+        if own is not None:
+            return own(output, target, self.pixels(images))
+        return F.cross_entropy(output, target, label_smoothing=self.hparams.label_smoothing)
+
+    def scores(self, output: Tensor) -> Tensor:
+        """Class scores (N, K) for metrics and figures: the network's own probabilities, else its logits."""
+        own = getattr(self.net, "probabilities", None)
+        return output if own is None else own(output)
+
+    def pixels(self, images: Tensor) -> Tensor:
+        """The batch as its files hold it, in [0, 1]: the data's normalisation undone."""
+        mean, std = self.contract.get("mean") or [], self.contract.get("std") or []
+        if not mean:
+            return images
+        key = (images.device, tuple(mean), tuple(std))
+        if self._pixel_stats is None or self._pixel_stats[0] != key:  # made once, not copied every step
+            mean_t, std_t = (
+                torch.tensor(v, dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
+                for v in (mean, std)
+            )
+            self._pixel_stats = (key, mean_t, std_t)
+        _, mean_t, std_t = self._pixel_stats
+        return images * std_t + mean_t
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         # mixing needs the whole batch; done here, before callbacks see the batch the model trains on
@@ -79,11 +114,11 @@ class ClassificationTask(BaseTask):
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         images, labels = batch
-        logits = self(images)
-        loss = self.loss(logits, labels)
+        output = self(images)
+        loss = self.loss(output, labels, images)
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(images))
         if labels.dim() == 1:  # soft (mixed) labels have no accuracy to speak of
-            self.train_metrics.update(logits, labels)
+            self.train_metrics.update(self.scores(output), labels)
             self.log_dict(self.train_metrics, on_step=False, on_epoch=True)
         return loss
 
@@ -91,19 +126,21 @@ class ClassificationTask(BaseTask):
         self._evaluate(batch, "val", self.val_metrics)
 
     def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> dict[str, Tensor]:
-        logits = self._evaluate(batch, "test", self.test_metrics)
-        return {"logits": logits.detach()}
+        scores = self._evaluate(batch, "test", self.test_metrics)
+        return {"logits": scores.detach()}  # the figures rank classes by them
 
     def predict_step(self, batch: Any, batch_idx: int) -> Tensor:
         images = batch[0] if isinstance(batch, (tuple, list)) else batch
-        return torch.softmax(self(images), dim=1)
+        output = self(images)
+        own = getattr(self.net, "probabilities", None)
+        return torch.softmax(output, dim=1) if own is None else own(output)
 
     def _evaluate(self, batch: tuple[Tensor, Tensor], split: str, metrics: MetricCollection) -> Tensor:
         images, labels = batch
-        logits = self(images)
-        self.log(
-            f"{split}/loss", self.loss(logits, labels), prog_bar=True, batch_size=len(images), sync_dist=True
-        )
-        metrics.update(logits, labels)
+        output = self(images)
+        loss = self.loss(output, labels, images)
+        self.log(f"{split}/loss", loss, prog_bar=True, batch_size=len(images), sync_dist=True)
+        scores = self.scores(output)
+        metrics.update(scores, labels)
         self.log_dict(metrics, prog_bar=split == "val")
-        return logits
+        return scores

@@ -135,7 +135,7 @@ def cam(loaded: Loaded, net_input: Tensor, target: int | None, method: str) -> t
             grey = explainer(net_input, targets=[_NoTarget()])[0]
         return grey, "EigenCAM of the last backbone stage"
     with torch.no_grad():
-        scores = loaded.net(net_input)
+        scores = _Scores(loaded.net)(net_input)
     if task == "segmentation":
         classes = scores.argmax(1)[0]
         category = int(target) if target is not None else _largest_object_class(classes)
@@ -160,14 +160,16 @@ def _largest_object_class(classes: Tensor) -> int:
 
 
 class _Scores(nn.Module):
-    """The network as grad-cam calls it: a plain tensor out (segmenters' logits, classifiers' scores)."""
+    """The network as grad-cam calls it: class scores out (segmenters' logits, classifiers' scores)."""
 
     def __init__(self, net: nn.Module) -> None:
         super().__init__()
         self.net = net
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.net(x)
+        output = self.net(x)
+        # a network that brings its own prediction (a capsule network's lengths) scores classes through it
+        return self.net.probabilities(output) if hasattr(self.net, "probabilities") else output
 
 
 class _Detections(nn.Module):
