@@ -112,26 +112,3 @@ def module_of(key: str) -> str:
     """``stages.1`` for ``stages.1.conv.weight``, ``head`` for ``head.weight``."""
     parts = key.split(".")
     return ".".join(parts[:2]) if parts[0] == "stages" else parts[0]
-
-
-def test_visualize_draws_a_capsule_networks_cam_from_its_capsule_lengths(make_cfg, tmp_path) -> None:
-    from PIL import Image
-
-    from cnnlab.train import train
-    from cnnlab.visualize import inside
-
-    record = train(
-        make_cfg(
-            "model=capsnet",
-            "trainer.max_epochs=1",
-            "trainer.limit_train_batches=2",
-            "trainer.limit_val_batches=1",
-            "trainer.limit_test_batches=1",
-            "export=null",
-        )
-    )
-    loaded = inside.load(record["best_checkpoint"])
-    Image.new("L", (20, 20), 128).save(tmp_path / "grey.png")
-    net_input, shown = inside.prepare(loaded, tmp_path / "grey.png")
-    values, what = inside.cam(loaded, net_input, 3, "gradcam")
-    assert values.shape == tuple(shown.shape[1:]) and what == "gradcam for class 3"

@@ -58,17 +58,18 @@ def test_the_cam_of_a_classifier_that_finds_a_bright_square_peaks_inside_it(make
 
 
 @pytest.mark.parametrize(
-    ("recipe", "what"),
+    ("choice", "what"),
     [
-        ("seg_shapes_unet", "gradcam for class"),
-        ("det_shapes", "EigenCAM of the last backbone stage"),
-        ("ae_denoise_digits", "reconstruction error"),
+        ("experiment=seg_shapes_unet", "gradcam for class"),
+        ("experiment=det_shapes", "EigenCAM of the last backbone stage"),
+        ("experiment=ae_denoise_digits", "reconstruction error"),
+        ("model=capsnet", "gradcam for class"),  # scored by its capsule lengths, not logits
     ],
 )
-def test_cam_works_for_every_tasks_network(make_cfg, tmp_path: Path, recipe: str, what: str) -> None:
+def test_cam_works_for_every_tasks_network(make_cfg, tmp_path: Path, choice: str, what: str) -> None:
     record = train(
         make_cfg(
-            f"experiment={recipe}",
+            choice,
             "trainer.max_epochs=1",
             "trainer.limit_train_batches=2",
             "trainer.limit_val_batches=1",
@@ -81,7 +82,7 @@ def test_cam_works_for_every_tasks_network(make_cfg, tmp_path: Path, recipe: str
     rng = np.random.default_rng(0)
     Image.fromarray(rng.integers(0, 255, size=(50, 60, 3)).astype(np.uint8)).save(image)
     net_input, shown = inside.prepare(loaded, image)
-    values, said = inside.cam(loaded, net_input, None, "eigencam" if recipe == "det_shapes" else "gradcam")
+    values, said = inside.cam(loaded, net_input, None, "eigencam" if "det_" in choice else "gradcam")
     assert said.startswith(what) and values.shape == tuple(shown.shape[1:])
     assert np.isfinite(values).all() and 0 <= values.min() and values.max() <= 1 + 1e-6
     # one input convention: forward_stages takes what forward takes, the contract's prepared image

@@ -16,6 +16,8 @@ transformation matrices and the decoder train.
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -84,6 +86,9 @@ class CapsNet(Classifier):
     ``kernel_size`` null picks the paper's 9 for 28 px images and a scaled kernel for smaller ones.
     ``reconstruction_weight`` 0 builds no decoder: the loss is then the margin loss alone.
     """
+
+    #: the image size of the paper: the capsule grid, and the class capsules' weights, grow with the image
+    native_size: ClassVar[int] = 28
 
     def __init__(
         self,

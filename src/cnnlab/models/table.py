@@ -204,7 +204,7 @@ def describe(option: str, size: int, classes: int) -> dict[str, Any]:
         "year": paper.year if paper else None,
         "paper": str(paper) if paper else "",
     }
-    row["note"] = "; ".join(_notes(row, meta, size, classes))
+    row["note"] = "; ".join(_notes(row, meta, size, classes, getattr(net, "native_size", None)))
     return row
 
 
@@ -217,9 +217,13 @@ def _build_cheaply(option: str, size: int, classes: int) -> Classifier:
         return build(option, size, classes, "cpu")
 
 
-def _notes(row: dict[str, Any], meta: dict[str, Any], size: int, classes: int) -> list[str]:
-    """Where the row and torchvision's metadata describe different things."""
+def _notes(
+    row: dict[str, Any], meta: dict[str, Any], size: int, classes: int, native: int | None
+) -> list[str]:
+    """Where the row and torchvision's metadata describe different things, or the network another size."""
     notes = []
+    if native and native != size:
+        notes.append(f"designed for {native} px images: its capsules and their weights grow with the image")
     recorded = meta.get("num_params")
     if recorded and classes == len(meta.get("categories") or []) and recorded != row["params"]:
         notes.append(f"torchvision records {recorded:,} parameters for its {row['tv_weights']} weights")
