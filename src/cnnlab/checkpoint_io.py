@@ -10,11 +10,15 @@ from __future__ import annotations
 
 import os
 import pickle
+import shutil
 from pathlib import Path
 from typing import Any
+from weakref import proxy
 
+import lightning.pytorch as L
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from lightning.pytorch.callbacks import ModelCheckpoint
 
 from cnnlab.errors import CheckpointError
 
@@ -64,3 +68,45 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 f"that disk, or set paths.output_root to a folder on another one, then continue the run "
                 f"with resume={target.parent.parent}"
             ) from err
+
+
+class LastCheckpoint(ModelCheckpoint):
+    """``checkpoints/last.ckpt`` every epoch, what ``resume=`` continues from. When another checkpoint
+    callback (the best) wrote this very step, last.ckpt becomes a hard link to that file: the same bytes,
+    serialised and written once instead of twice."""
+
+    def _save_checkpoint(self, trainer: L.Trainer, filepath: str) -> None:
+        twin = next(
+            (
+                c
+                for c in trainer.checkpoint_callbacks
+                if c is not self
+                and isinstance(c, ModelCheckpoint)
+                and c._last_global_step_saved == trainer.global_step
+                and c._last_checkpoint_saved
+                and c.save_weights_only == self.save_weights_only
+            ),
+            None,
+        )
+        if twin is None:
+            super()._save_checkpoint(trainer, filepath)
+            return
+        if trainer.is_global_zero:
+            link_atomically(Path(twin._last_checkpoint_saved), Path(filepath))
+        trainer.strategy.barrier()
+        self._last_global_step_saved = trainer.global_step
+        self._last_checkpoint_saved = filepath
+        if trainer.is_global_zero:
+            for logger in trainer.loggers:
+                logger.after_save_checkpoint(proxy(self))
+
+
+def link_atomically(source: Path, target: Path) -> None:
+    """``target`` as a hard link to ``source`` (a copy where links are not possible), replaced in one step."""
+    partial = target.with_name(f".{target.name}.partial")
+    partial.unlink(missing_ok=True)
+    try:
+        os.link(source, partial)
+    except OSError:
+        shutil.copyfile(source, partial)
+    os.replace(partial, target)

@@ -154,11 +154,17 @@ class Rule:
     ok: Callable[[Any], bool]
     expect: str
     optional: bool = False
+    #: words the key takes besides numbers (``auto``)
+    words: tuple[str, ...] = ()
 
     def problem(self, cfg: DictConfig) -> str | None:
         """None when ``cfg`` holds a valid value at ``key`` (or no such key), else what is wrong."""
         value = OmegaConf.select(cfg, self.key, default=_ABSENT, throw_on_missing=False)
-        if value is _ABSENT or (value is None and self.optional):
+        if (
+            value is _ABSENT
+            or (value is None and self.optional)
+            or (isinstance(value, str) and value in self.words)
+        ):
             return None
         numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
         fits = numeric and (self.kind is float or isinstance(value, int))
@@ -179,7 +185,13 @@ RULES = (
     Rule("trainer.log_every_n_steps", int, lambda v: v >= 1, "a number of steps >= 1"),
     Rule("trainer.gradient_clip_val", float, lambda v: v > 0, "a gradient norm > 0, or null", optional=True),
     Rule("data.batch_size", int, lambda v: v >= 1, "a whole number of images per batch >= 1, e.g. 32"),
-    Rule("data.num_workers", int, lambda v: v >= 0, "a number of loader processes >= 0 (0: none)"),
+    Rule(
+        "data.num_workers",
+        int,
+        lambda v: v >= 0,
+        "a number of loader processes >= 0 (0: none), or auto (the cores this process may use, minus one)",
+        words=("auto",),
+    ),
     Rule("data.image_size", int, lambda v: v >= 1, "a size in pixels >= 1, e.g. 224", optional=True),
     Rule("data.resize_size", int, lambda v: v >= 1, "a size in pixels >= 1, or null", optional=True),
     Rule("data.val_fraction", float, lambda v: 0 < v < 1, "a fraction strictly between 0 and 1, e.g. 0.1"),
@@ -343,7 +355,7 @@ def _job_gpus() -> int:
     return 1 if torch.cuda.is_available() else 0
 
 
-def _job_cpus(num_workers: int) -> int:
+def _job_cpus(num_workers: int | str) -> int:
     # on a GPU machine the cores are shared out among the GPUs' jobs; without GPUs, a job takes its main
     # process and its loader workers
     import os
@@ -352,7 +364,19 @@ def _job_cpus(num_workers: int) -> int:
 
     cores = os.cpu_count() or 1
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    return max(1, cores // gpus) if gpus else min(cores, 1 + int(num_workers or 0))
+    workers = cores - 1 if str(num_workers) == "auto" else int(num_workers or 0)
+    return max(1, cores // gpus) if gpus else min(cores, 1 + workers)
+
+
+def _gpu_precision() -> str:
+    import torch
+
+    # bfloat16 keeps float32's range (no loss scaling, no overflow) where the GPU computes in it (Ampere on)
+    return "bf16-mixed" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "16-mixed"
+
+
+# `${gpu_precision:}`: trainer=gpu's mixed precision, bf16 where the GPU supports it
+OmegaConf.register_new_resolver("gpu_precision", _gpu_precision, replace=True)
 
 
 # `${job_gpus:}`, `${job_cpus:${data.num_workers}}`: what each job of a parallel sweep asks its launcher for

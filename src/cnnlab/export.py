@@ -86,8 +86,9 @@ def export_checkpoint(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     report: dict[str, Any] = {}
+    programs: dict[str, Any] = {}  # one torch.export trace for the .pt2 and the .onnx
     for fmt in picked:
-        report[fmt] = export_one(fmt, module, serving, contract, out_dir, batches, expected)
+        report[fmt] = export_one(fmt, module, serving, contract, out_dir, batches, expected, programs)
         report[fmt]["verified_on"] = f"{len(images)} {source} at {' and '.join(sizes)}"
     described = dict(contract, formats=report)
     (out_dir / "model.json").write_text(json.dumps(described, indent=2) + "\n")
@@ -102,6 +103,7 @@ def export_one(
     out_dir: Path,
     batches: list[Tensor],
     expected: list[dict[str, Tensor]],
+    programs: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Write one format, load it back as predict does, and measure it against the module."""
     path = out_dir / f"model{formats.SUFFIXES[fmt]}"
@@ -109,7 +111,9 @@ def export_one(
     patches = getattr(serving, "export_patches", contextlib.nullcontext)
     try:
         with patches() if fmt != "torchscript" else contextlib.nullcontext():
-            formats.write(fmt, module, batches[0], path, contract, getattr(serving, "DYNAMIC", True))
+            formats.write(
+                fmt, module, batches[0], path, contract, getattr(serving, "DYNAMIC", True), programs
+            )
         seconds = time.perf_counter() - start
         loaded = runtime.load(path)
         got = [loaded(b) for b in batches]

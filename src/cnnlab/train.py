@@ -6,9 +6,12 @@ best checkpoint -> metrics.json -> export -> the metric that sweeps optimise.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import logging
+import os
 import sys
+import time
 import warnings
 from collections.abc import Iterator
 from datetime import datetime
@@ -167,18 +170,39 @@ def hparams_for_dashboard(cfg: DictConfig, task: BaseTask) -> dict[str, Any]:
     }
 
 
+class Phases:
+    """Wall-clock seconds of each phase of a run, for metrics.json (``seconds``) and the benchmark."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {"began": round(time.time(), 3)}
+
+    @contextlib.contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = round(self.seconds.get(name, 0.0) + time.perf_counter() - start, 3)
+
+    def record(self) -> dict[str, float]:
+        """The phases so far, with the wall-clock time now (``ended``, seconds since the epoch)."""
+        return {**self.seconds, "ended": round(time.time(), 3)}
+
+
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Run the whole pipeline for ``cfg`` and return the final metrics (also written to metrics.json)."""
+    phase = Phases()
     refuse_ddp_in_multirun(cfg)
-    with config.explained("config"):
+    with config.explained("config"), phase("config"):
         config.validate(cfg)  # before anything runs: seeding, reading data, building the network
-    config.warn_idle_options(cfg)
-    L.seed_everything(cfg.seed, workers=True)
+        config.warn_idle_options(cfg)
+        L.seed_everything(cfg.seed, workers=True)
+        with config.explained("callbacks"):
+            make_callbacks(cfg)  # their options are checked before any data is read
     output_dir = Path(cfg.paths.output_dir)
-    with config.explained("callbacks"):
-        make_callbacks(cfg)  # their options are checked before any data is read
-    datamodule, task = build(cfg)
-    with config.explained("trainer"):
+    with phase("data"):
+        datamodule, task = build(cfg)
+    with config.explained("trainer"), phase("config"):
         trainer = make_trainer(cfg)
 
     if cfg.get("tuner", {}).get("lr_find"):
@@ -193,13 +217,13 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         runs.save_config(cfg, output_dir)
         runs.write_bad_files(output_dir, getattr(datamodule, "bad_files", []))
 
-    with interruptible(trainer, output_dir):
+    with interruptible(trainer, output_dir), phase("fit"):
         # weights_only: a checkpoint holds plain values and tensors, never code to run
         trainer.fit(task, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
     metrics: dict[str, Any] = dict(trainer.callback_metrics)
     best = best_checkpoint(trainer)
     if cfg.get("test", True):
-        with interruptible(trainer, output_dir):
+        with interruptible(trainer, output_dir), phase("test"):
             trainer.test(
                 task, datamodule=datamodule, ckpt_path=str(best) if best else None, weights_only=True
             )
@@ -216,10 +240,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     }
     # written before the export: a failed export never loses a trained run
     final = final_metrics(metrics, trainer)
-    record = runs.write_metrics(output_dir / "metrics.json", final, extra)
+    record = runs.write_metrics(output_dir / "metrics.json", final, {**extra, "seconds": phase.record()})
     if best and cfg.get("export"):
-        extra.update(export_run(best, output_dir / "export", cfg, datamodule))
-        record = runs.write_metrics(output_dir / "metrics.json", final, extra)
+        with phase("export"):
+            extra.update(export_run(best, output_dir / "export", cfg, datamodule))
+        record = runs.write_metrics(output_dir / "metrics.json", final, {**extra, "seconds": phase.record()})
     scores = {
         f"hp/{k.replace('/', '_')}": v
         for k, v in record.items()
@@ -339,8 +364,24 @@ def interrupted_message(output_dir: Path, trainer: L.Trainer | None) -> str:
     return f"interrupted{where}, before its first checkpoint: nothing to resume, run it again"
 
 
+def run() -> None:
+    """Console entry point: ``main``, then the process ends as soon as the run is written."""
+    main()
+    leave()
+
+
+def leave(code: int = 0) -> None:
+    """End the process now: logs flushed and exit handlers run, without Python's teardown of every module,
+    which takes over a second after a run and writes nothing."""
+    atexit._run_exitfuncs()  # what the interpreter would run at exit (loggers' and Ray's shutdown hooks)
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 def main() -> None:
-    """Console entry point; ``resume=<run folder|latest>`` reopens a run before Hydra starts."""
+    """Train from the command line; ``resume=<run folder|latest>`` reopens a run before Hydra starts."""
     try:
         sys.argv = [sys.argv[0], *runs.resume_overrides(sys.argv[1:])]
     except (FileNotFoundError, CnnlabError) as err:

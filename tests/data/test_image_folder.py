@@ -78,6 +78,7 @@ def test_statistics_are_computed_once_and_cached(photos: Path, monkeypatch: pyte
         raise AssertionError("statistics were recomputed instead of read from the cache")
 
     monkeypatch.setattr(cnnlab.data.base, "channel_statistics", recompute)
+    monkeypatch.setattr(cnnlab.data.base, "memory_statistics", recompute)  # the in-memory path's
     second = ready(folder_dm(photos))
     assert (second.mean, second.std) == (first.mean, first.std)
     with pytest.raises(AssertionError, match="recomputed"):

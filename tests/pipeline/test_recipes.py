@@ -140,6 +140,15 @@ LESSONS: dict[str, Callable[[Any, Any, Any], bool]] = {
         and cfg.augmentation.padding == 2
         and cfg.scheduler.interval == "step"
     ),
+    # airbench's style: in memory, batched flips and 2 px translations, label smoothing, compiled
+    "cifar10_speedrun": lambda cfg, dm, task: (
+        dm.memory is not None
+        and cfg.augmentation.padding == 2
+        and task.hparams.label_smoothing == 0.2
+        and cfg.compile is True
+        and [m.out_channels for m in task.net.modules() if isinstance(m, nn.Conv2d)]
+        == [64, 64, 256, 256, 256, 256]
+    ),
     "det_coco": lambda cfg, dm, task: (
         named(task.net) == "RetinaNet" and named(dm) == "CocoDataModule" and preset(cfg) == "ssd"
     ),
@@ -166,6 +175,8 @@ def test_recipe_builds_its_lesson_and_trains_a_batch(
     datamodule, task = build(cfg)
     datamodule.setup("fit")
     assert LESSONS[recipe](cfg, datamodule, task)
+    with open_dict(cfg):
+        cfg.compile = False  # torch.compile takes a minute on a CPU; tests/pipeline/test_speed.py runs it
     record = train(cfg)
     # the test split's form of what the recipe optimises, e.g. test/miou for val/miou
     tested = "test/" + cfg.optimized_metric.split("/", 1)[1]

@@ -12,14 +12,17 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
 import lightning.pytorch as L
 import torch
+from torch import Tensor
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, Sampler, Subset
 
+from cnnlab.data import memory
 from cnnlab.data import transforms as T
 from cnnlab.errors import ClassCountError
 from cnnlab.samples import SampleDataset, SampleSpec, as_image, label_collate
@@ -97,7 +100,8 @@ class ImageDataModule(L.LightningDataModule):
         std: Sequence[float] | None = None,
         root: str | os.PathLike | None = None,
         batch_size: int = 64,
-        num_workers: int = 0,
+        num_workers: int | str = "auto",
+        in_memory: bool | str = "auto",
         val_fraction: float = 0.1,
         seed: int = 0,
         augmentation: T.AugmentationFactory | None = None,
@@ -118,7 +122,14 @@ class ImageDataModule(L.LightningDataModule):
         self.resize_size = int(resize_size or image_size)
         self.mean = list(mean) if mean is not None else None
         self.std = list(std) if std is not None else None
-        self.batch_size, self.num_workers, self.pin_memory = batch_size, num_workers, pin_memory
+        self.batch_size, self.num_workers, self.pin_memory = (
+            batch_size,
+            loader_workers(num_workers),
+            pin_memory,
+        )
+        self.in_memory = memory.choice(in_memory)
+        #: the splits decoded into memory (``cnnlab.data.memory``), or None: served by DataLoaders
+        self.memory: dict[str, memory.Decoded] | None = None
         self.val_fraction, self.seed = val_fraction, seed
         self.augmentation = augmentation or T.none
         self.spec = spec
@@ -171,6 +182,7 @@ class ImageDataModule(L.LightningDataModule):
         if self.test_set is not None:
             return
         train_raw, val_raw, test_raw = self._raw_splits()
+        self.memory = self._decode_in_memory({"train": train_raw, "val": val_raw, "test": test_raw})
         mean, std = self.statistics() if self.spec.normalize else (None, None)
         geometry = self.spec.eval_geometry
         train_tf = T.train_transform(
@@ -203,9 +215,11 @@ class ImageDataModule(L.LightningDataModule):
                 )
         return self.mean, self.std
 
-    def train_dataloader(self) -> DataLoader:
+    def train_dataloader(self) -> DataLoader | memory.MemoryLoader:
         assert self.train_set is not None, "call setup() first"
         n = len(self.train_set)  # type: ignore[arg-type]
+        if self.memory is not None:
+            return self._memory_loader("train")
         # a last batch of one would break batch norm; with a shuffled order no image is lost for good
         generator = torch.Generator()
         return self._loader(
@@ -215,14 +229,14 @@ class ImageDataModule(L.LightningDataModule):
             drop_last=n > self.batch_size,
         )
 
-    def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set)
+    def val_dataloader(self) -> DataLoader | memory.MemoryLoader:
+        return self._memory_loader("val") if self.memory is not None else self._loader(self.val_set)
 
-    def test_dataloader(self) -> DataLoader:
-        return self._loader(self.test_set)
+    def test_dataloader(self) -> DataLoader | memory.MemoryLoader:
+        return self._memory_loader("test") if self.memory is not None else self._loader(self.test_set)
 
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader(self.test_set)
+    def predict_dataloader(self) -> DataLoader | memory.MemoryLoader:
+        return self.test_dataloader()
 
     def sample_images(self, count: int = 4) -> list[torch.Tensor]:
         """The first ``count`` validation images as the files hold them (C, H, W), before any transform:
@@ -302,10 +316,99 @@ class ImageDataModule(L.LightningDataModule):
             batch_size=self.batch_size,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
-            pin_memory=self.pin_memory,
+            pin_memory=self.pin_memory or self._device().type == "cuda",
             collate_fn=self.spec.collate,
+            worker_init_fn=one_thread_worker if self.num_workers > 0 else None,
             **kwargs,
         )
+
+    # --- the in-memory path ------------------------------------------------------------------------------
+
+    def _decode_in_memory(self, splits: dict[str, Dataset]) -> dict[str, memory.Decoded] | None:
+        """The splits decoded into memory when ``in_memory`` asks for it (or, with auto, they fit)."""
+        if self.in_memory == "false":
+            return None
+        # what the samples carry (not only what tasks may use them for: MVTec's test images carry masks)
+        carried = tuple(self.targets) + (("anomaly",) if self.normal_classes is not None else ())
+        used = tuple(k for k in self.spec.keys() if k in carried)
+        why = memory.eligible(used, self.spec.collate)
+        if why is None and self.spec.eval_geometry != "crop":
+            why = f"the task shapes evaluation images by {self.spec.eval_geometry!r}, not by a square crop"
+        count = sum(len(split) for split in splits.values())  # type: ignore[arg-type]
+        if (
+            why is None
+            and self.in_memory == "auto"
+            and not memory.fits(count, self.in_channels, self.resize_size)
+        ):
+            why = f"{count} images of {self.resize_size} px exceed what data.in_memory=auto holds"
+        decoded: dict[str, memory.Decoded] | None = None
+        if why is None:
+            cache = self.stats_cache()
+            started, seen = time.perf_counter(), {}
+            try:
+                decoded = {
+                    name: memory.decode_split(
+                        split,
+                        self.resize_size,
+                        used,
+                        self.normal_classes,
+                        self.num_workers,
+                        cache.parent if cache is not None else None,
+                        seen,
+                    )
+                    for name, split in splits.items()
+                }
+            except memory.NotInMemory as err:
+                why = str(err)
+        if why is not None:
+            if self.in_memory == "true":
+                raise ValueError(f"data.in_memory=true cannot hold this data: {why}; set data.in_memory=auto")
+            log.info("data: served by DataLoaders (%s)", why)
+            return None
+        size = sum(d.images.numel() for d in decoded.values()) / 1e6  # type: ignore[union-attr]
+        log.info(
+            "data: %d images held in memory at %d px (%.0f MB, %.1f s); batches are drawn and augmented on "
+            "the training device",
+            count,
+            self.resize_size,
+            size,
+            time.perf_counter() - started,
+        )
+        return decoded
+
+    def _memory_loader(self, split: str) -> memory.MemoryLoader:
+        assert self.memory is not None
+        data, train = self.memory[split], split == "train"
+        keys = tuple(k for k in self.spec.keys() if k in data.targets)
+        mean, std = (self.mean, self.std) if self.spec.normalize else (None, None)
+        transform = memory.BatchTransform(
+            self.augmentation if train else T.none,
+            self.image_size,
+            self.resize_size,
+            mean,
+            std,
+            self.spec.eval_geometry,
+            train,
+        )
+        return memory.MemoryLoader(
+            memory.Decoded(data.images, {k: data.targets[k] for k in keys}),
+            self.batch_size,
+            transform,
+            self.spec.collate,
+            device=self._device,
+            sampler=EpochSampler(len(data), self.seed) if train else None,
+            drop_last=train and len(data) > self.batch_size,
+            shard=self._shard if train else lambda: (0, 1),
+        )
+
+    def _device(self) -> torch.device:
+        """The device the run trains on (the CPU before a Trainer is attached)."""
+        trainer = getattr(self, "trainer", None)
+        return trainer.strategy.root_device if trainer is not None else torch.device("cpu")
+
+    def _shard(self) -> tuple[int, int]:
+        trainer = getattr(self, "trainer", None)
+        return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
 
     def _split(self, pool: Dataset) -> tuple[Subset, Subset]:
         n = len(pool)  # type: ignore[arg-type]
@@ -327,9 +430,12 @@ class ImageDataModule(L.LightningDataModule):
             mean, std = entries[key]["mean"], entries[key]["std"]
             log.info("data: mean %s, std %s read from %s (same training files)", _fmt(mean), _fmt(std), cache)
             return mean, std
-        mean, std = channel_statistics(
-            train, self.image_size, self.resize_size, self.num_workers, self.spec.eval_geometry
-        )
+        if self.memory is not None:
+            mean, std = memory_statistics(self.memory["train"].images, self.image_size)
+        else:
+            mean, std = channel_statistics(
+                train, self.image_size, self.resize_size, self.num_workers, self.spec.eval_geometry
+            )
         log.info("data: mean %s, std %s computed on the training split", _fmt(mean), _fmt(std))
         if cache is not None:
             entries[key] = {"mean": mean, "std": std}
@@ -364,6 +470,42 @@ def channel_statistics(
     mean = total / count
     std = (total_sq / count - mean**2).clamp_min(1e-12).sqrt()
     return [round(float(v), 6) for v in mean], [round(float(v), 6) for v in std]
+
+
+def memory_statistics(images: Tensor, image_size: int) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std of uint8 images (N, C, R, R) centre-cropped to ``image_size``, in [0, 1]."""
+    offset = (images.shape[-1] - image_size) // 2
+    total = torch.zeros(images.shape[1], dtype=torch.float64)
+    total_sq = torch.zeros_like(total)
+    for chunk in images.split(1024):
+        flat = chunk[..., offset : offset + image_size, offset : offset + image_size].transpose(0, 1)
+        flat = flat.reshape(images.shape[1], -1).double().div_(255)
+        total += flat.sum(1)
+        total_sq += (flat**2).sum(1)
+    count = max(1, len(images) * image_size * image_size)
+    mean = total / count
+    std = (total_sq / count - mean**2).clamp_min(1e-12).sqrt()
+    return [round(float(v), 6) for v in mean], [round(float(v), 6) for v in std]
+
+
+def loader_workers(value: int | str) -> int:
+    """``data.num_workers``: a number, or auto (the cores this process may use, minus one for training)."""
+    if str(value).lower() == "auto":
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        return max(0, cores - 1)
+    if isinstance(value, bool) or not str(value).isdigit():
+        raise ValueError(f"data.num_workers={value}: give a number of DataLoader workers (0: none) or auto")
+    return int(value)
+
+
+def one_thread_worker(worker_id: int) -> None:
+    """A DataLoader worker computes with one thread: several workers with torch's own threads each would
+    oversubscribe the cores. Seeds it as Lightning does when the run seeds its workers."""
+    torch.set_num_threads(1)
+    if os.environ.get("PL_SEED_WORKERS") == "1":
+        from lightning.fabric.utilities.seed import pl_worker_init_function
+
+        pl_worker_init_function(worker_id)
 
 
 def _read_json(path: Path) -> dict[str, Any]:

@@ -58,30 +58,41 @@ def dynamic_shapes(dynamic: bool) -> dict[str, dict[int, Any]] | None:
 
 
 def write(
-    fmt: str, module: nn.Module, example: Tensor, path: Path, contract: dict[str, Any], dynamic: bool
+    fmt: str,
+    module: nn.Module,
+    example: Tensor,
+    path: Path,
+    contract: dict[str, Any],
+    dynamic: bool,
+    programs: dict[str, Any] | None = None,
 ) -> None:
-    """Write ``module`` (its forward takes ``images``) in ``fmt`` to ``path``, whole or not at all."""
+    """Write ``module`` (its forward takes ``images``) in ``fmt`` to ``path``, whole or not at all.
+
+    ``programs`` keeps the ``torch.export`` program between calls: the ``.pt2`` and the ONNX exporter then
+    trace the module once (the ONNX exporter takes the program as it is).
+    """
     partial = path.with_name(path.name + ".partial")
     text = json.dumps(contract, indent=2)
+    programs = {} if programs is None else programs
     with _quiet():
-        if fmt == "pt2":
-            program = torch.export.export(
+        if fmt in ("pt2", "onnx") and "program" not in programs:
+            programs["program"] = torch.export.export(
                 module, (example,), dynamic_shapes=dynamic_shapes(dynamic), strict=False
             )
-            torch.export.save(program, partial, extra_files={CONTRACT: text})
+        if fmt == "pt2":
+            torch.export.save(programs["program"], partial, extra_files={CONTRACT: text})
         elif fmt == "onnx":
-            program = torch.onnx.export(
-                module,
+            onnx_program = torch.onnx.export(
+                programs["program"],
                 (example,),
                 dynamo=True,
-                dynamic_shapes=dynamic_shapes(dynamic),
                 input_names=[INPUT_NAME],
                 output_names=list(module.outputs),
                 external_data=False,
                 verbose=False,
             )
-            program.model.metadata_props[CONTRACT] = text
-            program.save(str(partial), external_data=False)
+            onnx_program.model.metadata_props[CONTRACT] = text
+            onnx_program.save(str(partial), external_data=False)
         elif fmt == "torchscript":
             torch.jit.script(module).save(str(partial), _extra_files={CONTRACT: text})
         else:

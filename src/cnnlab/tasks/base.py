@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import importlib
 import logging
+import time
 import warnings
 from typing import Any, ClassVar
 
@@ -72,7 +73,9 @@ class BaseTask(L.LightningModule):
         self.freezer = finetune.StageFreezer(net, finetune_cfg or {})
         #: preprocessing, class names and input shape: written into every checkpoint for export and predict
         self.contract: dict[str, Any] = {}
-        self._last_finite: tuple[int, Tensor] | None = None
+        #: what the divergence check keeps on the device: the first non-finite loss, the last finite one
+        self._watch: dict[str, Tensor] | None = None
+        self._first_step: float | None = None
 
     @classmethod
     def metric_mode(cls, metric: str) -> str:
@@ -139,26 +142,90 @@ class BaseTask(L.LightningModule):
     def _epoch(self) -> int:
         return self.trainer.current_epoch if self._trainer is not None else 0
 
+    # --- speed on the device ---------------------------------------------------------------------------
+
+    def on_fit_start(self) -> None:
+        run = self.hparams.run_config or {}
+        layout = str(run.get("channels_last", "auto")).lower()
+        if layout not in ("auto", "true", "false"):
+            raise ValueError(f"channels_last={layout}: choose auto (on a GPU), true or false")
+        if layout == "true" or (layout == "auto" and self.device.type == "cuda"):
+            self.net.to(memory_format=torch.channels_last)
+        if run.get("compile"):
+            # in place: the state dict keeps its keys, so checkpoints and the export are unchanged
+            self.net.compile()
+            self._first_step = time.perf_counter()
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if self._first_step is not None:
+            log.info(
+                "compile: the first training step took %.1f s (torch.compile)",
+                time.perf_counter() - self._first_step,
+            )
+            self._first_step = None
+
     # --- divergence --------------------------------------------------------------------------------------
 
     def on_before_backward(self, loss: Tensor) -> None:
-        if not torch.isfinite(loss):
-            raise NonFiniteLossError(self._divergence_message(loss.item()))
-        self._last_finite = (self.global_step, loss.detach())
+        # kept on the device: reading the loss on the host every step would synchronise a GPU each step
+        loss = loss.detach()
+        finite = torch.isfinite(loss)
+        step = torch.tensor(self.global_step, device=loss.device)
+        if self._watch is None:
+            none = torch.tensor(-1, device=loss.device)
+            self._watch = {"bad_step": none, "bad_loss": loss, "last_step": none, "last_loss": loss}
+        w = self._watch
+        first_bad = (w["bad_step"] < 0) & ~finite
+        w["bad_step"] = torch.where(first_bad, step, w["bad_step"])
+        w["bad_loss"] = torch.where(first_bad, loss, w["bad_loss"])
+        w["last_step"] = torch.where(finite, step, w["last_step"])
+        w["last_loss"] = torch.where(finite, loss, w["last_loss"])
+        # on the CPU a check costs nothing; on a GPU every log_every_n_steps steps, and always before a
+        # model is validated, checkpointed or exported (on_validation_epoch_start, on_train_epoch_end)
+        every = int(getattr(self.trainer, "log_every_n_steps", 1) or 1) if self._trainer is not None else 1
+        if loss.device.type == "cpu" or self.global_step % every == 0:
+            self.check_divergence()
+
+    def check_divergence(self) -> None:
+        """Stop the run when a training loss since the start was NaN or infinite (one host read)."""
+        if self._watch is None:
+            return
+        bad_step, bad_loss, last_step, last_loss = (
+            float(v)
+            for v in torch.stack(
+                [self._watch[k].float() for k in ("bad_step", "bad_loss", "last_step", "last_loss")]
+            ).tolist()
+        )
+        if bad_step >= 0:
+            last = (int(last_step), last_loss) if last_step >= 0 else None
+            raise NonFiniteLossError(self._divergence_message(bad_loss, step=int(bad_step), last=last))
+
+    def on_train_epoch_end(self) -> None:
+        self.check_divergence()
 
     def on_validation_epoch_start(self) -> None:
         # an optimiser step can turn a finite loss into non-finite weights; never validate (and so
         # checkpoint) such a model
         if self.trainer.state.fn != TrainerFn.FITTING:
             return
+        self.check_divergence()
         finite = torch.stack([p.detach().isfinite().all() for p in self.net.parameters()]).all()
         if not finite:
             raise NonFiniteLossError(self._divergence_message(float("nan"), what="the weights"))
 
-    def _divergence_message(self, value: float, what: str = "the training loss") -> str:
-        last = (
-            f"the last finite loss was {float(self._last_finite[1]):.4g} at step {self._last_finite[0]}"
-            if self._last_finite is not None
+    def _divergence_message(
+        self,
+        value: float,
+        what: str = "the training loss",
+        step: int | None = None,
+        last: tuple[int, float] | None = None,
+    ) -> str:
+        if last is None and self._watch is not None and float(self._watch["last_step"]) >= 0:
+            last = (int(self._watch["last_step"]), float(self._watch["last_loss"]))
+        step = self.global_step if step is None else step
+        told = (
+            f"the last finite loss was {last[1]:.4g} at step {last[0]}"
+            if last
             else "no step had a finite loss"
         )
         lr = self.hparams.optimizer.get("lr")
@@ -170,7 +237,7 @@ class BaseTask(L.LightningModule):
         if "32" not in precision and "64" not in precision:
             hints.append(f"full precision (trainer.precision=32-true; now {precision})")
         return (
-            f"{what} became {value} at step {self.global_step} (epoch {self._epoch()}); {last}. The run "
+            f"{what} became {value} at step {step} (epoch {self._epoch()}); {told}. The run "
             "stopped; no checkpoint of the diverged model was kept as best and nothing was exported. Try "
             + ", ".join(hints[:-1])
             + f" or {hints[-1]}."

@@ -1,0 +1,86 @@
+"""What makes runs fast without changing what they compute: one checkpoint write, compile, channels-last."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import open_dict
+
+from cnnlab.config import ConfigError
+from cnnlab.train import build, train
+
+QUICK = ("model=simple_cnn", "model.widths=[8,16]", "model.head_hidden=16", "logger=none", "export=null")
+
+
+def checkpoints(cfg) -> tuple[Path, Path]:
+    folder = Path(cfg.paths.output_dir) / "checkpoints"
+    return folder / "best.ckpt", folder / "last.ckpt"
+
+
+def test_an_epoch_that_writes_the_best_checkpoint_links_last_to_it(make_cfg) -> None:
+    cfg = make_cfg(*QUICK, "trainer.max_epochs=1")
+    train(cfg)
+    best, last = checkpoints(cfg)
+    assert os.stat(best).st_ino == os.stat(last).st_ino  # one file, written once
+    assert (
+        torch.load(last, weights_only=True)["global_step"]
+        == torch.load(best, weights_only=True)["global_step"]
+    )
+
+
+def test_an_epoch_without_a_better_score_writes_last_on_its_own(make_cfg) -> None:
+    # a rate too small to change the scores: the second epoch is no better, so best stays at the first
+    cfg = make_cfg(*QUICK, "trainer.max_epochs=2", "optimizer.lr=1e-12", "optimizer.weight_decay=0")
+    train(cfg)
+    best, last = checkpoints(cfg)
+    assert os.stat(best).st_ino != os.stat(last).st_ino
+    assert (
+        torch.load(best, weights_only=True)["epoch"] == 0
+        and torch.load(last, weights_only=True)["epoch"] == 1
+    )
+
+
+def test_the_run_records_the_seconds_of_each_phase(make_cfg) -> None:
+    cfg = make_cfg(*QUICK, "trainer.max_epochs=1")
+    train(cfg)
+    seconds = json.loads((Path(cfg.paths.output_dir) / "metrics.json").read_text())["seconds"]
+    assert {"config", "data", "fit", "test", "began", "ended"} <= set(seconds)
+    assert all(seconds[k] >= 0 for k in ("config", "data", "fit", "test"))
+    assert seconds["ended"] - seconds["began"] >= seconds["fit"] + seconds["test"]
+
+
+def test_channels_last_is_a_choice_of_three(make_cfg) -> None:
+    cfg = make_cfg(*QUICK, "channels_last=true")
+    _, task = build(cfg)
+    task.on_fit_start()
+    conv = next(m for m in task.net.modules() if isinstance(m, torch.nn.Conv2d))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    cfg = make_cfg(*QUICK, "channels_last=auto")
+    _, task = build(cfg)
+    task.on_fit_start()  # auto: on a GPU only
+    conv = next(m for m in task.net.modules() if isinstance(m, torch.nn.Conv2d))
+    assert conv.weight.is_contiguous()
+    with open_dict(cfg):
+        cfg.channels_last = "sideways"
+    _, task = build(cfg)
+    with pytest.raises((ValueError, ConfigError), match="channels_last=sideways: choose auto"):
+        task.on_fit_start()
+
+
+@pytest.mark.slow
+def test_a_compiled_network_trains_and_checkpoints_the_plain_one(make_cfg, caplog) -> None:
+    cfg = make_cfg(
+        "model=mlp", "compile=true", "trainer.max_epochs=1", "trainer.limit_train_batches=4", "logger=none"
+    )
+    with caplog.at_level(logging.INFO, logger="cnnlab.tasks.base"):
+        record = train(cfg)
+    assert "compile: the first training step took" in caplog.text
+    best, _ = checkpoints(cfg)
+    keys = torch.load(best, weights_only=True)["state_dict"]
+    assert keys and not any("_orig_mod" in k for k in keys)
+    assert record["test/acc"] > 0.3 and record["export"] is not None
