@@ -403,6 +403,7 @@ def serving(*args: str, timeout: float = 120) -> Iterator[tuple[str, list[str]]]
         server.wait(timeout=30)
 
 
+@pytest.mark.slow
 def test_the_command_line_says_what_it_serves_and_answers_requests_side_by_side(
     classifier_export: Path, digit: Path, tmp_path: Path
 ) -> None:

@@ -90,6 +90,7 @@ def checkpoint_top1(cli_run: Path, digit_files: list[Path]) -> list[str]:
         return [c["class_names"][i] for i in task(batch.as_subclass(torch.Tensor)).argmax(1).tolist()]
 
 
+@pytest.mark.slow
 def test_eval_reads_another_dataset_of_the_checkpoints_classes_as_it_was_trained(
     cli_run: Path, tmp_path: Path
 ) -> None:
@@ -128,6 +129,7 @@ def test_eval_reads_another_dataset_of_the_checkpoints_classes_as_it_was_trained
     assert json.loads((out / "metrics.json").read_text())["test/acc"] == pytest.approx(expected, abs=1e-6)
 
 
+@pytest.mark.slow
 def test_eval_refuses_a_dataset_the_checkpoints_task_cannot_use(cli_run: Path, tmp_path: Path) -> None:
     ckpt = f"ckpt_path={cli_run / 'checkpoints' / 'best.ckpt'}"
     proc = run("-m", "cnnlab.evaluate", ckpt, "+data=shapes", f"hydra.run.dir={tmp_path}", check=False)

@@ -48,6 +48,7 @@ def test_a_diverging_run_stops_saves_nothing_wrong_and_says_why(tmp_path: Path) 
         assert all(torch.isfinite(w).all() for w in weights if w.is_floating_point())
 
 
+@pytest.mark.slow
 def test_resume_latest_refuses_an_older_run_when_the_newest_cannot_resume(tmp_path: Path) -> None:
     runs = tmp_path / "train" / "runs"
     (runs / "2026-01-01_10-00-00" / "checkpoints").mkdir(parents=True)
@@ -90,6 +91,7 @@ def test_a_config_typo_on_the_command_line_is_one_paragraph(tmp_path: Path) -> N
     assert not (tmp_path / "run" / "tensorboard").exists()  # nothing logged: no empty run in TensorBoard
 
 
+@pytest.mark.slow
 def test_an_offline_dataset_is_one_message_naming_the_files(tmp_path: Path) -> None:
     proc = run(
         TRAIN,

@@ -16,6 +16,7 @@ SWEEPS = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("trainers", SWEEPS)
 def test_ddp_in_a_sweep_is_refused_before_any_job(trainers: str, tmp_path: Path) -> None:
     sweep = tmp_path / "sweep"
@@ -39,6 +40,7 @@ BAD_SWEEPS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", BAD_SWEEPS)
 def test_a_sweep_no_job_could_run_is_refused_before_any_job(case: str, tmp_path: Path) -> None:
     overrides, message = BAD_SWEEPS[case]

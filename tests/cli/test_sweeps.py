@@ -150,6 +150,7 @@ def test_sweep_plots_show_the_metric_against_each_swept_parameter(tmp_path: Path
     assert all(p.stat().st_size > 1000 for p in plots) and list((tmp_path / "tensorboard").glob("events.*"))
 
 
+@pytest.mark.slow
 def test_slurm_config_extends_the_submitit_plugin() -> None:
     proc = subprocess.run(
         [sys.executable, TRAIN, "hydra/launcher=slurm", "--cfg", "hydra", "--package", "hydra.launcher"],

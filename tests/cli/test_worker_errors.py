@@ -53,6 +53,7 @@ def test_an_error_torch_cannot_rebuild_is_unwrapped_too() -> None:
     assert isinstance(mistake, CnnlabError) and str(mistake) == "3 classes, data.num_classes=4"
 
 
+@pytest.mark.slow
 def test_other_errors_are_not_taken_for_a_users_mistake() -> None:
     assert unwrap_worker_error(raised_in_a_worker(ZeroDivisionError("a bug"))) is None
     assert unwrap_worker_error(RuntimeError("CUDA out of memory")) is None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -210,3 +211,19 @@ def test_workers_default_to_the_cores_this_process_may_use_minus_one() -> None:
     assert loader_workers("auto") == max(0, cores - 1) and loader_workers(3) == 3
     with pytest.raises(ValueError, match="num_workers=many: give a number"):
         loader_workers("many")
+
+
+def test_default_workers_raise_no_warning_on_a_two_core_machine(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    root = write_image_folder(tmp_path / "photos", ["cat", "dog"], n_per_class=4, n_test_per_class=2)
+    dm = ImageFolderDataModule(root=root, num_classes=2, image_size=16, batch_size=4, in_memory="false")
+    dm.setup("fit")
+    assert dm.num_workers == 1
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        images, _ = next(iter(dm.train_dataloader()))
+    assert images.shape == (4, 3, 16, 16)
+    assert not [w for w in caught if "worker" in str(w.message)], [str(w.message) for w in caught]

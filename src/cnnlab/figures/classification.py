@@ -32,7 +32,7 @@ class ClassificationFigures(FigureCallback):
         self, stage: str, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
         images, labels = batch
-        preds = outputs["logits"].argmax(1)
+        preds = outputs["scores"].argmax(1)
         assert self.confmat is not None
         self.confmat.update(preds, labels)
         for image, pred, label in zip(images, preds, labels, strict=True):

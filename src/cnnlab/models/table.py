@@ -399,7 +399,7 @@ def parser() -> argparse.ArgumentParser:
     cli.add_argument("--models", default="", help="comma-separated model options (default: every classifier)")
     cli.add_argument("--sort", default=None, help=f"column to order by: {', '.join(COLUMNS)}")
     cli.add_argument("--descending", action="store_true", help="largest first (with --sort)")
-    cli.add_argument("--batch", type=int, default=8, help="batch size of the speed measurement (default 8)")
+    cli.add_argument("--batch", type=int, default=2, help="batch size of the speed measurement (default 2)")
     cli.add_argument("--device", choices=("cpu", "cuda", "auto"), default="auto", help="where to time")
     cli.add_argument(
         "--seconds", type=float, default=0.5, help="timed per model and mode, after a warm-up (default 0.5)"

@@ -127,7 +127,7 @@ class ClassificationTask(BaseTask):
 
     def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> dict[str, Tensor]:
         scores = self._evaluate(batch, "test", self.test_metrics)
-        return {"logits": scores.detach()}  # the figures rank classes by them
+        return {"scores": scores.detach()}  # the figures rank classes by them (probabilities or logits)
 
     def predict_step(self, batch: Any, batch_idx: int) -> Tensor:
         images = batch[0] if isinstance(batch, (tuple, list)) else batch
