@@ -26,6 +26,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -156,7 +157,7 @@ def make_folder(root: Path, count: int = 5000, size: int = 32) -> Path:
         label = i % 10
         noise = torch.rand(3, size, size, generator=generator)
         image = (0.6 * colours[label] + 0.4 * noise).mul(255).byte().permute(1, 2, 0).numpy()
-        folder = root / ("test" if i % 5 == 0 else "train") / f"class_{label}"
+        folder = root / ("test" if (i // 10) % 5 == 0 else "train") / f"class_{label}"
         folder.mkdir(parents=True, exist_ok=True)
         Image.fromarray(image).save(folder / f"{i:05d}.jpg", quality=90)
     (root / "done").write_text("")
@@ -171,7 +172,7 @@ def folder_data(root: Path) -> tuple[dict[str, Any], float]:
     tensors: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     for part in ("train", "test"):
         files = sorted((root / part).glob("*/*.jpg"))
-        arrays = [torch.from_numpy(__import__("numpy").asarray(Image.open(f).convert("RGB"))) for f in files]
+        arrays = [torch.from_numpy(np.array(Image.open(f).convert("RGB"))) for f in files]
         images = torch.stack(arrays).permute(0, 3, 1, 2).contiguous()
         labels = torch.tensor([int(f.parent.name.split("_")[1]) for f in files])
         tensors[part] = (images, labels)
@@ -210,7 +211,7 @@ def bench_job(name: str, out: Path, repeats: int) -> dict[str, Any]:
     job = JOBS[name]
     overrides = list(job["overrides"])
     if name == "folder":
-        root = make_folder(out.parent / "data" / "folder_5000")
+        root = make_folder((out.parent / "data" / "folder_5000").resolve())
         overrides.append(f"data.root={root}")
         data, decode = folder_data(root)
     else:

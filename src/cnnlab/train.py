@@ -317,8 +317,9 @@ def optimized_value(record: dict[str, Any], metric: str) -> float | None:
     return None
 
 
-@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
-def _hydra_main(cfg: DictConfig) -> float | None:
+def run_task(cfg: DictConfig) -> float | None:
+    """One run of ``train.py`` for ``cfg``: the metric a sweep optimises. A user's mistake is recorded in the
+    run folder (``record_stop``) and raised as a ``CnnlabError`` (also for the Python API)."""
     try:
         # before the config tree is resolved for the log: a value that an interpolation checks (the metric
         # direction of optimized_metric) would otherwise fail inside OmegaConf with a traceback
@@ -326,34 +327,52 @@ def _hydra_main(cfg: DictConfig) -> float | None:
         config.log_config(cfg)
         record = train(cfg)
     except KeyboardInterrupt:  # before fit, or between fit and test
-        stop(cfg, RunInterrupted(interrupted_message(Path(cfg.paths.output_dir), None)))
+        stopped = RunInterrupted(interrupted_message(Path(cfg.paths.output_dir), None))
+        record_stop(cfg, stopped)
+        raise stopped from None
     except (CnnlabError, RuntimeError) as err:
         # a cnnlab error from a DataLoader worker comes back wrapped in the worker's traceback
         mistake = unwrap_worker_error(err)
         if mistake is None:
             raise
-        stop(cfg, mistake)
+        record_stop(cfg, mistake)
+        raise mistake from None
     return optimized_value(record, str(cfg.optimized_metric)) if record else None
 
 
-def stop(cfg: DictConfig, err: CnnlabError) -> None:
-    """End a run that cannot go on: its message alone on the console, the traceback in train.log, status.json.
-
-    In a sweep the error goes back to Hydra, which marks the job failed and runs the next one.
-    """
+def record_stop(cfg: DictConfig, err: CnnlabError) -> None:
+    """Leave a stopped run's folder as a user finds it: the traceback in train.log, no empty TensorBoard log,
+    and (outside a sweep, whose callback writes it) status.json saying why."""
     output_dir = Path(cfg.paths.output_dir)
     config.file_log().error("the run stopped", exc_info=err)
     runs.drop_empty_tensorboard(output_dir)
-    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
-        raise err
+    if in_sweep():
+        return
     interrupted = isinstance(err, RunInterrupted)
     message = " ".join(str(err).split())
     state, key = ("interrupted", "reason") if interrupted else ("failed", "error")
     runs.write_status(
         output_dir, state, ended=datetime.now().isoformat(timespec="milliseconds"), **{key: message}
     )
-    print(f"\ncnnlab: {err}\n(the run's log: {output_dir / 'train.log'})", file=sys.stderr)
-    sys.exit(130 if interrupted else 1)
+
+
+def in_sweep() -> bool:
+    """Whether this run is a job of a Hydra multirun."""
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
+def _hydra_main(cfg: DictConfig) -> float | None:
+    try:
+        return run_task(cfg)
+    except CnnlabError as err:
+        # in a sweep the error goes back to Hydra, which marks the job failed and runs the next one
+        if in_sweep():
+            raise
+        # its message alone on the console; the traceback is in train.log
+        output_dir = Path(cfg.paths.output_dir)
+        print(f"\ncnnlab: {err}\n(the run's log: {output_dir / 'train.log'})", file=sys.stderr)
+        sys.exit(130 if isinstance(err, RunInterrupted) else 1)
 
 
 def interrupted_message(output_dir: Path, trainer: L.Trainer | None) -> str:

@@ -87,6 +87,7 @@ def test_predict_with_a_threshold_of_ones_own(anomaly_run: Path, tmp_path: Path)
     assert proc.stdout.count("ANOMALOUS") == 2 and "threshold 0.000000 (given): 2 of 2" in proc.stdout
 
 
+@pytest.mark.slow
 def test_export_cli_carries_the_threshold(anomaly_run: Path, tmp_path: Path) -> None:
     ckpt = anomaly_run / "checkpoints" / "best.ckpt"
     proc = run("-m", "cnnlab.export", str(ckpt), "--out", str(tmp_path), "--formats", "torchscript")

@@ -139,7 +139,10 @@ def test_eval_refuses_a_dataset_the_checkpoints_task_cannot_use(cli_run: Path, t
     assert "Datasets for task=classification:" in console and "image_folder" in console
 
 
-@pytest.mark.parametrize("name", FORMAT_FILES)
+# one format in the fast suite, every format in test-all: each is a process that starts torch
+@pytest.mark.parametrize(
+    "name", [n if n == "model.onnx" else pytest.param(n, marks=pytest.mark.slow) for n in FORMAT_FILES]
+)
 def test_predict_cli_gives_the_checkpoints_classes_from_every_format_without_the_training_code(
     cli_run: Path, digit_files: list[Path], checkpoint_top1: list[str], name: str
 ) -> None:
@@ -198,6 +201,7 @@ def test_predict_cli_reports_a_file_that_is_no_image(cli_run: Path, tmp_path: Pa
     assert proc.returncode == 1 and "not an image" in proc.stderr
 
 
+@pytest.mark.slow
 def test_export_cli_writes_every_format_and_the_contract(cli_run: Path, tmp_path: Path) -> None:
     out = tmp_path / "exported"
     proc = run("-m", "cnnlab.export", str(cli_run / "checkpoints" / "best.ckpt"), "--out", str(out))

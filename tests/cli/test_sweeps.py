@@ -102,6 +102,7 @@ def test_search_prunes_writes_best_yaml_and_resumes_its_study(tmp_path: Path) ->
     assert len(study.trials) == 10 and (sweep / "9").is_dir() and not (sweep / "10").exists()
 
 
+@pytest.mark.slow
 def test_a_plain_run_imports_neither_ray_nor_submitit_nor_optuna(tmp_path: Path) -> None:
     code = (
         "import sys; from cnnlab.train import main\n"

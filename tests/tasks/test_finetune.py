@@ -121,6 +121,7 @@ def gradual_state(run: Path) -> dict:
     }
 
 
+@pytest.mark.slow
 def test_gradual_run_resumed_after_an_unfreeze_matches_an_uninterrupted_one(
     landmarks_cfg, tmp_path: Path
 ) -> None:

@@ -9,6 +9,7 @@ import pytest
 from omegaconf import DictConfig, OmegaConf
 
 from cnnlab import CONF_DIR
+from cnnlab.errors import ConfigError
 from cnnlab.models.simple_cnn import SimpleCNN
 from cnnlab.tasks.classification import ClassificationTask
 
@@ -59,6 +60,15 @@ def test_onecycle_peaks_at_each_groups_own_rate(
     assert first == pytest.approx([b / 25 for b in base])  # OneCycleLR starts at max_lr / div_factor
     assert peak == pytest.approx(base, rel=0.05)
     assert steps[-1][-1] < first[-1]  # and anneals below its start
+
+
+def test_onecycle_too_short_to_warm_up_is_a_config_error(
+    make_cfg: Callable[..., DictConfig], digits, make_trainer
+) -> None:
+    # 4 steps with pct_start 0.25: a warm-up of one step, on which OneCycleLR would divide by zero
+    cfg = make_cfg("scheduler=onecycle", "trainer.max_epochs=2")
+    with pytest.raises(ConfigError, match="pct_start=0.25 of 4 optimiser steps is a warm-up of one step"):
+        fit(cfg, digits, make_trainer, epochs=2, batches=2)
 
 
 def test_cosine_decays_over_the_configured_epochs(

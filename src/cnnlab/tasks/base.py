@@ -25,7 +25,7 @@ from lightning.pytorch.trainer.states import TrainerFn
 from torch import Tensor, nn
 
 from cnnlab import finetune
-from cnnlab.errors import CnnlabError
+from cnnlab.errors import CnnlabError, ConfigError
 from cnnlab.samples import SampleSpec
 
 # Lightning warns at every fit that a task's batch-transfer hook (classification mixes batches after the
@@ -142,6 +142,38 @@ class BaseTask(L.LightningModule):
     def _epoch(self) -> int:
         return self.trainer.current_epoch if self._trainer is not None else 0
 
+    # --- metrics: updated every step, computed once per epoch ------------------------------------------
+
+    def log_epoch_metrics(self, metrics: Any, prog_bar: bool = False) -> None:
+        """Log what a torchmetrics collection gathered over the epoch, computed once (and synchronised across
+        processes there), then reset it; a task's ``train_metrics``, ``val_metrics`` and ``test_metrics`` are
+        logged so. Logging the metric objects every step costs milliseconds per step in Lightning."""
+        if not any(m.update_called for m in metrics.values()):
+            return
+        self.log_dict(metrics.compute(), prog_bar=prog_bar)
+        metrics.reset()
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        train_metrics = getattr(self, "train_metrics", None)
+        if train_metrics is not None and self.trainer.is_last_batch:
+            # at the epoch's last batch rather than in on_train_epoch_end, which runs after the callbacks'
+            # (the epoch line would show the previous epoch's values)
+            self.log_epoch_metrics(train_metrics)
+        if self._first_step is not None:
+            log.info(
+                "compile: the first training step took %.1f s (torch.compile)",
+                time.perf_counter() - self._first_step,
+            )
+            self._first_step = None
+
+    def on_validation_epoch_end(self) -> None:
+        if getattr(self, "val_metrics", None) is not None:
+            self.log_epoch_metrics(self.val_metrics, prog_bar=True)
+
+    def on_test_epoch_end(self) -> None:
+        if getattr(self, "test_metrics", None) is not None:
+            self.log_epoch_metrics(self.test_metrics)
+
     # --- speed on the device ---------------------------------------------------------------------------
 
     def on_fit_start(self) -> None:
@@ -155,14 +187,6 @@ class BaseTask(L.LightningModule):
             # in place: the state dict keeps its keys, so checkpoints and the export are unchanged
             self.net.compile()
             self._first_step = time.perf_counter()
-
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        if self._first_step is not None:
-            log.info(
-                "compile: the first training step took %.1f s (torch.compile)",
-                time.perf_counter() - self._first_step,
-            )
-            self._first_step = None
 
     # --- divergence --------------------------------------------------------------------------------------
 
@@ -263,6 +287,14 @@ class BaseTask(L.LightningModule):
             filled["max_lr"] = [group["lr"] for group in optimizer.param_groups]
         for key in filled:
             del target[key]
+        steps, warmup = filled.get("total_steps", target.get("total_steps")), target.get("pct_start")
+        if steps is not None and warmup is not None and abs(float(warmup) * int(steps) - 1) < 1e-9:
+            # OneCycleLR would divide by zero at its first step: a warm-up of exactly one step has no length
+            raise ConfigError(
+                f"scheduler.scheduler.pct_start={warmup} of {steps} optimiser steps is a warm-up of one "
+                "step, which one-cycle cannot schedule; train for more steps (trainer.max_epochs) or change "
+                "pct_start"
+            )
         scheduler = instantiate(target, _partial_=True)(optimizer, **filled)
         lr_scheduler = {"scheduler": scheduler, "interval": sched_cfg.get("interval", "epoch")}
         if sched_cfg.get("monitor"):

@@ -118,8 +118,7 @@ class ClassificationTask(BaseTask):
         loss = self.loss(output, labels, images)
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(images))
         if labels.dim() == 1:  # soft (mixed) labels have no accuracy to speak of
-            self.train_metrics.update(self.scores(output), labels)
-            self.log_dict(self.train_metrics, on_step=False, on_epoch=True)
+            self.train_metrics.update(self.scores(output), labels)  # logged once per epoch (BaseTask)
         return loss
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
@@ -141,6 +140,5 @@ class ClassificationTask(BaseTask):
         loss = self.loss(output, labels, images)
         self.log(f"{split}/loss", loss, prog_bar=True, batch_size=len(images), sync_dist=True)
         scores = self.scores(output)
-        metrics.update(scores, labels)
-        self.log_dict(metrics, prog_bar=split == "val")
+        metrics.update(scores, labels)  # logged once per epoch (BaseTask)
         return scores

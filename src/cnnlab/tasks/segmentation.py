@@ -136,8 +136,7 @@ class SegmentationTask(BaseTask):
             scores = self(images)
             loss = self.loss(scores, mask)
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(images))
-        self.train_metrics.update(scores.detach().argmax(1), mask)
-        self.log_dict(self.train_metrics, on_step=False, on_epoch=True)
+        self.train_metrics.update(scores.detach().argmax(1), mask)  # logged once per epoch (BaseTask)
         return loss
 
     def validation_step(self, batch: tuple[Tensor, dict[str, Tensor]], batch_idx: int) -> dict[str, Tensor]:
@@ -149,6 +148,7 @@ class SegmentationTask(BaseTask):
         return {"preds": preds}
 
     def on_test_epoch_end(self) -> None:
+        super().on_test_epoch_end()
         names = self._class_names()
         iou, table = class_table(self.test_confusion.compute().cpu(), names)
         self.test_confusion.reset()
@@ -169,8 +169,7 @@ class SegmentationTask(BaseTask):
             f"{split}/loss", self.loss(scores, mask), prog_bar=True, batch_size=len(images), sync_dist=True
         )
         preds = scores.argmax(1)
-        metrics.update(preds, mask)
-        self.log_dict(metrics, prog_bar=split == "val")
+        metrics.update(preds, mask)  # logged once per epoch (BaseTask)
         return preds
 
     def _class_names(self) -> list[str]:
