@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 ARGS   ?=
 STAMP  := $(VENV)/.installed
 
-.PHONY: install train test test-all sweep search transfer-demo eval export predict app visualize models bench-serving tensorboard lint format clean
+.PHONY: install train test test-all sweep search transfer-demo course eval export predict app visualize models bench bench-serving tensorboard lint format clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -34,6 +34,9 @@ search: $(STAMP) ## an Optuna search of 8 trials on digits (run again to continu
 transfer-demo: $(STAMP) ## offline transfer learning on translated digits: 0-4 pretrain, scratch vs fine-tune on 5-9
 	$(PY) scripts/transfer_demo.py $(ARGS)
 
+course: $(STAMP) ## the course's offline lessons in order, one report: outputs/course/<date>/index.html; ARGS="--quick" or "--only lesson1"
+	$(PY) scripts/course.py $(ARGS)
+
 eval: $(STAMP) ## evaluate a checkpoint: make eval CKPT=outputs/.../checkpoints/best.ckpt
 	$(PY) -m cnnlab.evaluate ckpt_path=$(CKPT) $(ARGS)
 
@@ -51,6 +54,9 @@ visualize: $(STAMP) ## what a CNN sees: make visualize ARGS="filters a.png" | "c
 
 models: $(STAMP) ## the architecture comparison table of every classifier: make models ARGS="--no-speed --sort gmacs"
 	$(PY) -m cnnlab.models.table $(ARGS)
+
+bench: $(STAMP) ## cnnlab against a plain PyTorch loop: images/s, their ratio, the phases of a run (ARGS="--jobs digits")
+	$(PY) scripts/bench.py $(ARGS)
 
 bench-serving: $(STAMP) ## export time, file size and time per prediction of every format and task
 	$(PY) scripts/bench_serving.py $(ARGS)

@@ -7,6 +7,7 @@ import math
 import shlex
 import shutil
 from collections.abc import Mapping, Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -79,12 +80,12 @@ def resume_overrides(argv: Sequence[str], runs: Path | None = None) -> list[str]
     kept = [
         str(o) for o in saved if str(o).split("=", 1)[0].lstrip("+~") not in keys | {"resume", "ckpt_path"}
     ]
-    return kept + rest + [f"hydra.run.dir={_quoted(run)}", f"ckpt_path={_quoted(run / LAST_CKPT)}"]
+    return kept + rest + [f"hydra.run.dir={quoted(run)}", f"ckpt_path={quoted(run / LAST_CKPT)}"]
 
 
-def _quoted(path: Path) -> str:
-    # Hydra's override grammar reads commas, spaces and brackets as syntax: quote any path that has them
-    text = str(path)
+def quoted(value: Any) -> str:
+    """A path or value as an override's value: Hydra's grammar reads commas, spaces and brackets as syntax."""
+    text = str(value)
     return repr(text) if any(c in text for c in ",[]{}()= '\"") else text
 
 
@@ -146,3 +147,39 @@ def write_metrics(
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(record, indent=2) + "\n")
     return record
+
+
+def run_folders(root: Path) -> list[Path]:
+    """The run folders under ``root``, oldest first: each holds ``.hydra/config.yaml``, ``status.json`` or a
+    run's ``metrics.json`` (one that names its optimised metric)."""
+    found = {p.parent.parent for p in root.rglob(".hydra/config.yaml")}
+    found |= {p.parent for p in root.rglob("status.json")}
+    found |= {p.parent for p in root.rglob("metrics.json") if "optimized_metric" in read_json(p)}
+    return sorted(found, key=lambda folder: (started(folder), str(folder)))
+
+
+def choices(run: Path) -> dict[str, str]:
+    """The option each config group took in a run (``model: resnet``), from its ``.hydra/hydra.yaml``."""
+    path = run / ".hydra" / "hydra.yaml"
+    if not path.is_file():
+        return {}
+    picked = OmegaConf.select(OmegaConf.load(path), "hydra.runtime.choices", default=None) or {}
+    return {str(k): str(v) for k, v in picked.items() if not str(k).startswith("hydra") and v is not None}
+
+
+def started(run: Path) -> str:
+    """When a run started (``status.json``), else when it last wrote its metrics or its folder: ISO 8601."""
+    when = read_json(run / "status.json").get("started")
+    if when:
+        return str(when)
+    stamped = run / "metrics.json" if (run / "metrics.json").is_file() else run
+    return datetime.fromtimestamp(stamped.stat().st_mtime).isoformat(timespec="milliseconds")
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    """A JSON object file of a run (metrics.json, status.json); empty when missing, partial or foreign."""
+    try:
+        found = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return found if isinstance(found, dict) else {}

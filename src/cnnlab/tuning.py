@@ -7,15 +7,12 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import lightning.pytorch as L
-import matplotlib
+import matplotlib.pyplot as plt
+import torch
+from lightning.pytorch.tuner import Tuner
 
-matplotlib.use("Agg")  # the curve goes to a file and TensorBoard, never to a window
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
-from lightning.pytorch.tuner import Tuner  # noqa: E402
-
-from cnnlab.errors import CnnlabError  # noqa: E402
-from cnnlab.figures import tensorboard  # noqa: E402
+from cnnlab.errors import CnnlabError
+from cnnlab.figures import tensorboard  # which also draws the curve off screen
 
 log = logging.getLogger(__name__)
 

@@ -2,15 +2,26 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import lightning.pytorch as L
 import matplotlib
+import torch
+from lightning.pytorch.loggers import TensorBoardLogger
+from torch import Tensor
 
-matplotlib.use("Agg")  # figures are written to files and TensorBoard, never shown
-import torch  # noqa: E402
-from lightning.pytorch.loggers import TensorBoardLogger  # noqa: E402
-from torch import Tensor  # noqa: E402
+
+def off_screen() -> None:
+    """Draw figures without a window: they go to files and TensorBoard, never shown.
+
+    In a notebook the inline backend stays: it shows the user's own figures and needs no window either.
+    """
+    if not os.environ.get("MPLBACKEND", "").endswith("backend_inline"):
+        matplotlib.use("Agg")
+
+
+off_screen()
 
 
 def tensorboard(trainer: L.Trainer) -> Any | None:

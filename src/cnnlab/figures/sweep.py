@@ -6,10 +6,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt  # off screen: the package draws without a window (cnnlab.figures)
 
 #: keys that vary between jobs without being a parameter worth a plot
 NOT_PARAMETERS = ("seed",)
