@@ -49,6 +49,9 @@ def test_ray_runs_two_jobs_at_a_time_on_two_cores(tmp_path: Path) -> None:
         "+hydra.launcher.ray.init.num_cpus=2",
         "seed=1,2,3,4",
         *TINY,
+        # jobs of a few seconds: shorter ones can all finish on one worker before Ray's second one is up
+        "trainer.max_epochs=8",
+        "trainer.limit_train_batches=null",
         f"hydra.sweep.dir={sweep}",
     )
     spans = intervals(sweep)

@@ -65,7 +65,9 @@ def test_other_errors_are_not_taken_for_a_users_mistake() -> None:
 def test_a_file_spoilt_after_its_check_stops_the_run_with_one_paragraph(tmp_path: Path) -> None:
     root = tmp_path / "folder"
     write_image_folder(root, ["cat", "dog"], n_per_class=6)
+    # through DataLoader workers: in memory, the photos the first run decoded would come from their cache
     args = [str(ROOT / "train.py"), "data=image_folder", f"data.root={root}", "data.num_workers=1"]
+    args += ["data.in_memory=false"]
     args += ["trainer.max_epochs=1", "export=null", *QUIET]
     run(*args, f"hydra.run.dir={tmp_path / 'first'}")  # checks every file and caches the result
     # the same size and time as the checked file, other bytes: only reading it in a worker finds it out
