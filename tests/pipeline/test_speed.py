@@ -45,6 +45,18 @@ def test_an_epoch_without_a_better_score_writes_last_on_its_own(make_cfg) -> Non
     )
 
 
+def test_epoch_metrics_reach_tensorboard_once_per_epoch_whatever_the_logging_interval(make_cfg) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    # 20 steps an epoch, logged every 50: step values reach TensorBoard rarely, epoch values every epoch
+    cfg = make_cfg(*QUICK[:-2], "export=null", "trainer.max_epochs=2", "trainer.log_every_n_steps=50")
+    train(cfg)
+    events = EventAccumulator(str(Path(cfg.paths.output_dir) / "tensorboard"))
+    events.Reload()
+    for tag in ("train/acc", "train/f1", "val/acc", "val/loss"):
+        assert len(events.Scalars(tag)) == 2, tag
+
+
 def test_the_run_records_the_seconds_of_each_phase(make_cfg) -> None:
     cfg = make_cfg(*QUICK, "trainer.max_epochs=1")
     train(cfg)

@@ -150,7 +150,9 @@ class BaseTask(L.LightningModule):
         logged so. Logging the metric objects every step costs milliseconds per step in Lightning."""
         if not any(m.update_called for m in metrics.values()):
             return
-        self.log_dict(metrics.compute(), prog_bar=prog_bar)
+        # epoch values, also when logged from on_train_batch_end (whose default is a step value, written to
+        # loggers only every log_every_n_steps)
+        self.log_dict(metrics.compute(), prog_bar=prog_bar, on_step=False, on_epoch=True)
         metrics.reset()
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
@@ -194,7 +196,7 @@ class BaseTask(L.LightningModule):
         # kept on the device: reading the loss on the host every step would synchronise a GPU each step
         loss = loss.detach()
         finite = torch.isfinite(loss)
-        step = torch.tensor(self.global_step, device=loss.device)
+        step = self.global_step  # a Python number: torch.where takes it without a copy to the device
         if self._watch is None:
             none = torch.tensor(-1, device=loss.device)
             self._watch = {"bad_step": none, "bad_loss": loss, "last_step": none, "last_loss": loss}
