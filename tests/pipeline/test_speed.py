@@ -53,8 +53,39 @@ def test_epoch_metrics_reach_tensorboard_once_per_epoch_whatever_the_logging_int
     train(cfg)
     events = EventAccumulator(str(Path(cfg.paths.output_dir) / "tensorboard"))
     events.Reload()
-    for tag in ("train/acc", "train/f1", "val/acc", "val/loss"):
+    for tag in ("train/acc", "train/f1", "train/loss_epoch", "val/acc", "val/loss"):
         assert len(events.Scalars(tag)) == 2, tag
+    assert "train/loss_step" not in events.Tags()["scalars"]  # no step reached the interval
+
+
+def test_the_training_loss_is_logged_every_interval_and_its_epoch_mean_once(make_cfg, monkeypatch) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from cnnlab.tasks.classification import ClassificationTask
+
+    seen: list[tuple[int, float, int]] = []
+    original = ClassificationTask.training_step
+
+    def spy(self, batch, batch_idx):
+        loss = original(self, batch, batch_idx)
+        seen.append((self.current_epoch, float(loss), len(batch[0])))
+        return loss
+
+    monkeypatch.setattr(ClassificationTask, "training_step", spy)
+    # 20 steps an epoch, 2 epochs, logged every 10 steps (no progress bar under pytest)
+    cfg = make_cfg(*QUICK[:-2], "export=null", "trainer.max_epochs=2", "trainer.log_every_n_steps=10")
+    train(cfg)
+    events = EventAccumulator(str(Path(cfg.paths.output_dir) / "tensorboard"))
+    events.Reload()
+    assert len(seen) == 40
+    steps = [e.value for e in events.Scalars("train/loss_step")]
+    assert steps == pytest.approx([seen[i][1] for i in (9, 19, 29, 39)], rel=1e-5)
+    epochs = [e.value for e in events.Scalars("train/loss_epoch")]
+    means = [
+        sum(loss * n for e, loss, n in seen if e == epoch) / sum(n for e, _, n in seen if e == epoch)
+        for epoch in (0, 1)
+    ]
+    assert epochs == pytest.approx(means, rel=1e-5)
 
 
 def test_the_run_records_the_seconds_of_each_phase(make_cfg) -> None:

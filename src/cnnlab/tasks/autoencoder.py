@@ -157,7 +157,7 @@ class AutoencoderTask(BaseTask):
     def training_step(self, batch: tuple[Tensor, dict[str, Tensor]], batch_idx: int) -> Tensor:
         images = batch[0]
         loss = self.loss(self(self.corrupt(images)), images)
-        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(images))
+        self.log_train_loss(loss, len(images))
         return loss
 
     def validation_step(self, batch: tuple[Tensor, dict[str, Tensor]], batch_idx: int) -> dict[str, Any]:

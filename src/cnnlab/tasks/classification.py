@@ -116,7 +116,7 @@ class ClassificationTask(BaseTask):
         images, labels = batch
         output = self(images)
         loss = self.loss(output, labels, images)
-        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(images))
+        self.log_train_loss(loss, len(images))
         if labels.dim() == 1:  # soft (mixed) labels have no accuracy to speak of
             self.train_metrics.update(self.scores(output), labels)  # logged once per epoch (BaseTask)
         return loss

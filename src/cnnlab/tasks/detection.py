@@ -109,10 +109,7 @@ class DetectionTask(BaseTask):
         images, targets = batch
         losses = self.net(images, [trainable(t) for t in targets])
         loss = sum(losses.values())
-        size = len(images)
-        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=size)
-        for name, value in losses.items():
-            self.log(f"train/loss_{name}", value, on_step=False, on_epoch=True, batch_size=size)
+        self.log_train_loss(loss, len(images), **losses)
         return loss
 
     def validation_step(self, batch: tuple[list[Tensor], list[Target]], batch_idx: int) -> dict[str, Any]:

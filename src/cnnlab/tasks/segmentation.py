@@ -135,7 +135,7 @@ class SegmentationTask(BaseTask):
         else:
             scores = self(images)
             loss = self.loss(scores, mask)
-        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(images))
+        self.log_train_loss(loss, len(images))
         self.train_metrics.update(scores.detach().argmax(1), mask)  # logged once per epoch (BaseTask)
         return loss
 
