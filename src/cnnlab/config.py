@@ -18,7 +18,6 @@ from omegaconf.errors import OmegaConfBaseException
 
 from cnnlab import CONF_DIR
 from cnnlab.errors import CnnlabError, ConfigError
-from cnnlab.samples import TARGET_KEYS
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +116,8 @@ def check_data_serves(task_cls: type, data: DictConfig, task: str, data_name: st
     have = set(provides(data.get("normal_classes"))) if provides else set()
     missing = [key for key in task_cls.samples.needs if key not in have]
     if missing:
+        from cnnlab.samples import TARGET_KEYS  # torch: only for this message
+
         fitting = options(
             "data", lambda c: hasattr(c, "provides") and set(task_cls.samples.needs) <= set(c.provides([0]))
         )

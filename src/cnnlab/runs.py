@@ -11,7 +11,6 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import torch
 from omegaconf import OmegaConf
 
 LAST_CKPT = Path("checkpoints") / "last.ckpt"
@@ -134,7 +133,7 @@ def save_config(cfg: Any, output_dir: Path) -> None:
 
 def to_number(value: Any) -> float:
     """A plain float from a tensor or number (NaN stays NaN)."""
-    return float(value.item() if isinstance(value, torch.Tensor) else value)
+    return float(value.item() if hasattr(value, "item") else value)  # a tensor (or numpy scalar)
 
 
 def write_metrics(

@@ -16,21 +16,24 @@ import warnings
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import hydra
-import lightning.pytorch as L
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import get_class, instantiate
-from lightning.pytorch.callbacks import LearningRateMonitor, ProgressBar
-from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from cnnlab import CONF_DIR, config, runs
-from cnnlab.checkpoint_io import AtomicCheckpointIO
 from cnnlab.errors import CnnlabError, RunInterrupted, unwrap_worker_error
-from cnnlab.tasks.base import BaseTask
+
+if TYPE_CHECKING:
+    import lightning.pytorch as L
+
+    from cnnlab.tasks.base import BaseTask
+
+# torch and Lightning are imported by the functions that train, not here: `python train.py --help` and a
+# misspelt option are answered before them, in a second rather than five
 
 log = logging.getLogger(__name__)
 
@@ -120,6 +123,10 @@ def make_callbacks(cfg: DictConfig) -> list[L.Callback]:
 
 def make_trainer(cfg: DictConfig) -> L.Trainer:
     """The Trainer with the run's callbacks and loggers; checkpoints are written whole or not at all."""
+    from lightning.pytorch.callbacks import LearningRateMonitor, ProgressBar
+
+    from cnnlab.checkpoint_io import AtomicCheckpointIO
+
     with config.explained("callbacks"):
         callbacks = make_callbacks(cfg)
     options: dict[str, Any] = {}
@@ -191,6 +198,9 @@ class Phases:
 
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Run the whole pipeline for ``cfg`` and return the final metrics (also written to metrics.json)."""
+    import lightning.pytorch as L
+    from lightning.pytorch.loggers import TensorBoardLogger
+
     phase = Phases()
     refuse_ddp_in_multirun(cfg)
     with config.explained("config"), phase("config"):

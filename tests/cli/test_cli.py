@@ -359,3 +359,28 @@ def test_transfer_demo_writes_its_comparison(tmp_path: Path) -> None:
     tuned = read_checkpoint(tmp_path / "finetune_seed0" / "checkpoints" / "last.ckpt")["state_dict"]
     stages = [k for k in source if k.startswith("net.stages.")]
     assert stages and all(torch.equal(tuned[k], source[k]) for k in stages)
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["--help"], "== Configuration groups =="),
+        (["model=resnt"], "Could not find 'model/resnt'"),
+        (["trainer.max_epoch=3"], "Could not override 'trainer.max_epoch'"),
+    ],
+)
+def test_help_and_misspelt_options_are_answered_before_torch_is_imported(args: list[str], says: str) -> None:
+    code = (
+        "import sys\n"
+        "from cnnlab import train\n"
+        "try:\n"
+        "    train.main()\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "print('imported:', 'torch' in sys.modules, 'lightning' in sys.modules)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, *args], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert says in done.stdout + done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "imported: False False"
