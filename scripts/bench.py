@@ -8,9 +8,14 @@ floor that ``python -c "import torch, lightning"`` sets. Jobs:
 
 - ``digits``: the default job (``make train``: simple_cnn on the embedded digits at 16 px, 15 epochs);
 - ``folder``: a CIFAR-sized folder of 5,000 JPEG files of 32 px in 10 class folders (generated once), through
-  ``data=image_folder``, in memory (the default) and through the DataLoader (``data.in_memory=false``).
+  ``data=image_folder``, in memory (the default) and through the DataLoader (``data.in_memory=false``);
+- on a GPU (``--device cuda``): ``resnet18_224`` and ``resnet50_224`` (ResNets at 224 px on a generated
+  folder of 2,000 photos) and ``cifar_resnet`` (a small-input ResNet-18 at 32 px on the 5,000-file folder),
+  both sides in bf16 autocast (``trainer=gpu``) and channels-last.
 
-Writes ``results.md`` and ``results.json`` into ``--out`` (default ``outputs/bench/<date>``).
+``--baseline DIR`` runs another checkout of cnnlab (``git worktree add DIR <commit>``) as a third side, in
+the same alternation: before and after measured in one run. Writes ``results.md`` and ``results.json`` into
+``--out`` (default ``outputs/bench/<date>``).
 """
 
 from __future__ import annotations
@@ -18,10 +23,12 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import statistics
 import subprocess
 import sys
 import time
+from contextlib import nullcontext
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -33,20 +40,27 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 #: what both sides leave out: the console output of a run is not what is measured
-QUIET = ["callbacks.progress_bar=null", "callbacks.model_summary=null", "trainer.accelerator=cpu"]
+QUIET = ["callbacks.progress_bar=null", "callbacks.model_summary=null"]
 PHASES = ("start", "config", "data", "fit", "test", "export", "exit")
 
 
-def run_cnnlab(overrides: list[str], folder: Path) -> dict[str, Any]:
-    """One ``python train.py`` run into ``folder``: its wall time, phases and metrics."""
-    command = [sys.executable, str(ROOT / "train.py"), *overrides, *QUIET, f"hydra.run.dir={folder}"]
+def run_cnnlab(overrides: list[str], folder: Path, checkout: Path = ROOT) -> dict[str, Any]:
+    """One ``python train.py`` run of ``checkout`` into ``folder``: its wall time, phases and metrics."""
+    command = [sys.executable, str(checkout / "train.py"), *overrides, *QUIET, f"hydra.run.dir={folder}"]
+    # the checkout's own package first (this environment's cnnlab is an editable install of this one)
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(checkout / "src"), os.environ.get("PYTHONPATH", "")]),
+    }
     launched = time.time()
-    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+    done = subprocess.run(command, cwd=checkout, capture_output=True, text=True, env=env)
     finished = time.time()
     if done.returncode != 0:
         raise SystemExit(f"bench: {' '.join(command)} failed:\n{done.stderr[-3000:]}")
     record = json.loads((folder / "metrics.json").read_text())
-    seconds = record["seconds"]
+    seconds = record.get("seconds")
+    if seconds is None:  # a checkout older than the phase timer: the whole run only
+        return {"wall": finished - launched, "phases": {p: math.nan for p in PHASES}, "metrics": record}
     phases = {
         "start": seconds["began"] - launched,
         **{name: seconds.get(name, 0.0) for name in ("config", "data", "fit", "test", "export")},
@@ -76,41 +90,56 @@ def compose(overrides: list[str]) -> Any:
         return hydra_compose("train", overrides=overrides)
 
 
-def plain_fit(cfg: Any, splits: dict[str, tuple[torch.Tensor, torch.Tensor]], epochs: int) -> dict[str, Any]:
-    """Train ``cfg``'s network on float tensors with a hand-written loop; seconds and test accuracy."""
+def plain_fit(
+    cfg: Any, splits: dict[str, tuple[torch.Tensor, torch.Tensor]], epochs: int, device: str = "cpu"
+) -> dict[str, Any]:
+    """Train ``cfg``'s network on float tensors with a hand-written loop; seconds and test accuracy. On a GPU
+    the tensors live there, the loop runs in bf16 autocast and channels-last, as cnnlab's ``trainer=gpu``."""
     from hydra.utils import instantiate
 
     torch.manual_seed(int(cfg.seed))
-    net = instantiate(cfg.model)
+    net = instantiate(cfg.model).to(device)
+    gpu = device.startswith("cuda")
+    if gpu:
+        net = net.to(memory_format=torch.channels_last)
+        splits = {k: (x.to(device), y.to(device)) for k, (x, y) in splits.items()}
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if gpu else nullcontext()
     optimizer = torch.optim.AdamW(
         net.parameters(), lr=float(cfg.optimizer.lr), weight_decay=float(cfg.optimizer.weight_decay)
     )
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
     batch = int(cfg.data.batch_size)
     (x, y), (vx, vy), (tx, ty) = splits["train"], splits["val"], splits["test"]
+    sync = torch.cuda.synchronize if gpu else (lambda: None)
+    sync()
     start = time.perf_counter()
     for _ in range(epochs):
         net.train()
-        order = torch.randperm(len(x))
+        order = torch.randperm(len(x), device=x.device)
         for i in range(0, len(x) - batch + 1, batch):  # drop_last, as cnnlab's training batches
             pick = order[i : i + batch]
-            loss = F.cross_entropy(net(x[pick]), y[pick])
+            with autocast:
+                loss = F.cross_entropy(net(x[pick]), y[pick])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
         schedule.step()
-        evaluate(net, vx, vy, batch)
+        evaluate(net, vx, vy, batch, autocast)
+    sync()
     fit = time.perf_counter() - start
-    return {"fit": fit, "test_acc": evaluate(net, tx, ty, batch), "train_images": len(x)}
+    return {"fit": fit, "test_acc": evaluate(net, tx, ty, batch, autocast), "train_images": len(x)}
 
 
 @torch.no_grad()
-def evaluate(net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int) -> float:
+def evaluate(
+    net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int, autocast: Any = None
+) -> float:
     """Accuracy of ``net`` on (x, y)."""
     net.eval()
-    correct = sum(
-        int((net(x[i : i + batch]).argmax(1) == y[i : i + batch]).sum()) for i in range(0, len(x), batch)
-    )
+    with autocast or nullcontext():
+        correct = sum(
+            int((net(x[i : i + batch]).argmax(1) == y[i : i + batch]).sum()) for i in range(0, len(x), batch)
+        )
     return correct / len(x)
 
 
@@ -164,8 +193,8 @@ def make_folder(root: Path, count: int = 5000, size: int = 32) -> Path:
     return root
 
 
-def folder_data(root: Path) -> tuple[dict[str, Any], float]:
-    """Every file of the folder decoded once into tensors, as a plain loop would hold them."""
+def folder_data(root: Path, size: int = 32) -> tuple[dict[str, Any], float]:
+    """Every file of the folder decoded once into tensors at ``size`` px, as a plain loop would hold them."""
     from PIL import Image
 
     start = time.perf_counter()
@@ -180,7 +209,7 @@ def folder_data(root: Path) -> tuple[dict[str, Any], float]:
     train_images, train_labels = tensors["train"]
     n_val = round(len(train_images) * 0.1)
     order = torch.randperm(len(train_images), generator=torch.Generator().manual_seed(0))
-    x = normalised(torch.cat([train_images, tensors["test"][0]]), 32)
+    x = normalised(torch.cat([train_images, tensors["test"][0]]), size)
     xt, xr = x[len(train_images) :], x[: len(train_images)]
     data = {
         "train": (xr[order[n_val:]], train_labels[order[n_val:]]),
@@ -190,41 +219,68 @@ def folder_data(root: Path) -> tuple[dict[str, Any], float]:
     return data, decode
 
 
+FOLDER = ["data=image_folder", "data.num_classes=10", "export=null"]
+#: a GPU job: bf16 autocast and channels-last on both sides, AdamW and cosine as the plain loop
+GPU = ["trainer=gpu", "optimizer=adamw", "scheduler=cosine"]
 JOBS: dict[str, dict[str, Any]] = {
     "digits": {"overrides": [], "epochs": 15},
     "folder": {
-        "overrides": [
-            "data=image_folder",
-            "data.num_classes=10",
-            "data.image_size=32",
-            "trainer.max_epochs=2",
-        ]
-        + ["export=null"],
+        "overrides": [*FOLDER, "data.image_size=32", "trainer.max_epochs=2"],
         "epochs": 2,
+        "folder": (5000, 32),
         "variants": {"in memory": [], "DataLoader": ["data.in_memory=false"]},
+    },
+    "resnet18_224": {
+        "overrides": [*FOLDER, *GPU, "data.image_size=224", "model=resnet", "data.batch_size=128"]
+        + ["trainer.max_epochs=3"],
+        "epochs": 3,
+        "folder": (2000, 224),
+        "gpu": True,
+    },
+    "resnet50_224": {
+        "overrides": [*FOLDER, *GPU, "data.image_size=224", "model=resnet", "model.arch=resnet50"]
+        + ["data.batch_size=64", "trainer.max_epochs=2"],
+        "epochs": 2,
+        "folder": (2000, 224),
+        "gpu": True,
+    },
+    "cifar_resnet": {
+        "overrides": [*FOLDER, *GPU, "data.image_size=32", "model=resnet", "data.batch_size=512"]
+        + ["trainer.max_epochs=5"],
+        "epochs": 5,
+        "folder": (5000, 32),
+        "gpu": True,
     },
 }
 
 
-def bench_job(name: str, out: Path, repeats: int) -> dict[str, Any]:
-    """Alternate the plain loop and cnnlab's run(s) of one job; every measurement kept."""
+def bench_job(
+    name: str, out: Path, repeats: int, device: str = "cpu", baseline: Path | None = None
+) -> dict[str, Any]:
+    """Alternate the plain loop and cnnlab's run(s) of one job (and the baseline checkout's); every
+    measurement kept."""
     job = JOBS[name]
     overrides = list(job["overrides"])
-    if name == "folder":
-        root = make_folder((out.parent / "data" / "folder_5000").resolve())
+    if not device.startswith("cuda"):  # a GPU job on the CPU: the same work in full precision
+        overrides = [o for o in overrides if o != "trainer=gpu"] + ["trainer.accelerator=cpu"]
+    if "folder" in job:
+        count, size = job["folder"]
+        root = make_folder((out.parent / "data" / f"folder_{count}_{size}px").resolve(), count, size)
         overrides.append(f"data.root={root}")
-        data, decode = folder_data(root)
+        data, decode = folder_data(root, size)
     else:
         data, decode = digits_data()
     cfg = compose(overrides)
-    variants = job.get("variants", {"cnnlab": []})
+    variants = {name: (extra, ROOT) for name, extra in job.get("variants", {"cnnlab": []}).items()}
+    if baseline is not None:
+        variants.update({f"baseline {v}": (extra, baseline) for v, (extra, _) in list(variants.items())})
     result: dict[str, Any] = {"plain": [], "floor": [], "decode": decode, **{v: [] for v in variants}}
     for r in range(repeats):
         result["floor"].append(import_floor())
-        result["plain"].append(plain_fit(cfg, data, int(job["epochs"])))
-        for variant, extra in variants.items():
+        result["plain"].append(plain_fit(cfg, data, int(job["epochs"]), device))
+        for variant, (extra, checkout) in variants.items():
             folder = out / "runs" / f"{name}_{variant.replace(' ', '_')}_{r}"
-            result[variant].append(run_cnnlab(overrides + extra, folder))
+            result[variant].append(run_cnnlab(overrides + extra, folder, checkout))
             print(
                 f"bench: {name} {variant} run {r + 1}/{repeats}: {result[variant][-1]['wall']:.1f} s",
                 flush=True,
@@ -275,15 +331,32 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--jobs", default="digits,folder", help=f"comma-separated, of {', '.join(JOBS)}")
     parser.add_argument("--repeats", type=int, default=2, help="alternating runs of each side")
     parser.add_argument("--out", type=Path, default=None, help="default: outputs/bench/<date>")
+    parser.add_argument("--device", default="cpu", help="cpu, or cuda for the GPU jobs (bf16, channels-last)")
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        default=None,
+        help="another checkout of cnnlab, run alternately as a third side",
+    )
     args = parser.parse_args(argv)
     unknown = [j for j in args.jobs.split(",") if j not in JOBS]
     if unknown:
         parser.error(f"unknown job(s) {', '.join(unknown)}: choose from {', '.join(JOBS)}")
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        parser.error("--device cuda: no GPU is visible to torch here")
+    if args.baseline is not None and not (args.baseline / "train.py").is_file():
+        parser.error(f"--baseline {args.baseline}: no train.py there (make one with git worktree add)")
     out = args.out or ROOT / "outputs" / "bench" / datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(torch.get_num_threads())
-    results = {name: bench_job(name, out, args.repeats) for name in args.jobs.split(",")}
+    results = {
+        name: bench_job(name, out, args.repeats, args.device, args.baseline) for name in args.jobs.split(",")
+    }
     device = f"CPU, {torch.get_num_threads()} threads, torch {torch.__version__}"
+    if args.device.startswith("cuda"):
+        device = f"{torch.cuda.get_device_name()}, torch {torch.__version__}"
+    if args.baseline is not None:
+        device += f"; baseline: {args.baseline}"
     lines = [f"# cnnlab against a plain PyTorch loop ({datetime.now():%Y-%m-%d %H:%M}; {device})", ""]
     for name, result in results.items():
         lines += summary(name, result)

@@ -1,0 +1,63 @@
+"""scripts/bench.py: its plain loop, its refusals, and one job alternated with a baseline checkout."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def bench() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("bench_script", ROOT / "scripts" / "bench.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_plain_loop_trains_the_configs_network(bench: ModuleType) -> None:
+    data, _ = bench.digits_data()
+    result = bench.plain_fit(bench.compose([]), data, epochs=3)
+    assert result["train_images"] == 1294 and result["fit"] > 0
+    assert result["test_acc"] > 0.8
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["--jobs", "digits,mnist"], "unknown job(s) mnist: choose from digits, folder"),
+        (["--baseline", "/nonexistent"], "no train.py there"),
+    ],
+)
+def test_bad_arguments_are_refused_with_the_choices(bench: ModuleType, args, says, capsys) -> None:
+    with pytest.raises(SystemExit):
+        bench.main(args)
+    assert says in capsys.readouterr().err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the refusal is for a machine without a GPU")
+def test_a_gpu_job_without_a_gpu_is_refused(bench: ModuleType, capsys) -> None:
+    with pytest.raises(SystemExit):
+        bench.main(["--device", "cuda", "--jobs", "resnet18_224"])
+    assert "no GPU is visible" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_a_job_alternates_plain_cnnlab_and_a_baseline_checkout(bench: ModuleType, tmp_path: Path) -> None:
+    # this checkout as its own baseline: the path a before/after comparison takes
+    bench.main(["--jobs", "digits", "--repeats", "1", "--out", str(tmp_path), "--baseline", str(ROOT)])
+    results = json.loads((tmp_path / "results.json").read_text())["digits"]
+    for side in ("cnnlab", "baseline cnnlab"):
+        (run,) = results[side]
+        assert run["metrics"]["test/acc"] > 0.9
+        assert all(not math.isnan(run["phases"][p]) for p in bench.PHASES)
+        assert run["wall"] >= run["phases"]["fit"] > 0
+    table = (tmp_path / "results.md").read_text()
+    assert "| cnnlab |" in table and "| baseline cnnlab |" in table
