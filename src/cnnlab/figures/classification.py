@@ -7,6 +7,7 @@ from typing import Any
 
 import lightning.pytorch as L
 import matplotlib.pyplot as plt
+import torch
 from torch import Tensor
 from torchmetrics.classification import MulticlassConfusionMatrix
 
@@ -82,15 +83,31 @@ def confusion_figure(matrix: Tensor, names: list[str]) -> plt.Figure:
 def predictions_figure(
     samples: list[tuple[Tensor, int, int]], names: list[str], contract: dict[str, Any]
 ) -> plt.Figure:
-    """A grid of images titled 'prediction (truth)', green when right and red when wrong."""
+    """A grid of images titled 'prediction (truth)', green when right and red when wrong: one picture of
+    tiles on one axes (32 axes of their own took a second to draw)."""
     cols = min(8, max(1, len(samples)))
     rows = max(1, math.ceil(len(samples) / cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(1.6 * cols, 1.8 * rows), squeeze=False)
-    for ax in axes.flat:
-        ax.axis("off")
-    for ax, (image, pred, label) in zip(axes.flat, samples, strict=False):
-        shown = denormalize(image, contract.get("mean", []), contract.get("std", []))
-        ax.imshow((shown.squeeze(-1) if shown.shape[-1] == 1 else shown).numpy(), cmap="gray")
-        ax.set_title(f"{names[pred]} ({names[label]})", fontsize=7, color="green" if pred == label else "red")
+    shown = [denormalize(image, contract.get("mean", []), contract.get("std", [])) for image, _, _ in samples]
+    height = max((s.shape[0] for s in shown), default=1)
+    width = max((s.shape[1] for s in shown), default=1)
+    channels = max((s.shape[2] for s in shown), default=1)
+    gap, title = max(1, width // 8), max(2, round(height * 0.3))  # pixels between tiles, above each tile
+    tile_h, tile_w = title + height, gap + width
+    canvas = torch.ones(rows * tile_h, cols * tile_w, channels)  # white between tiles
+    fig, ax = plt.subplots(figsize=(1.6 * cols, 1.8 * rows))
+    ax.axis("off")
+    for k, (image, (_, pred, label)) in enumerate(zip(shown, samples, strict=True)):
+        top, left = (k // cols) * tile_h + title, (k % cols) * tile_w + gap // 2
+        canvas[top : top + image.shape[0], left : left + image.shape[1]] = image.expand(-1, -1, channels)
+        ax.text(
+            left + width / 2,
+            top - 0.5,
+            f"{names[pred]} ({names[label]})",
+            ha="center",
+            va="bottom",
+            fontsize=7,
+            color="green" if pred == label else "red",
+        )
+    ax.imshow((canvas.squeeze(-1) if channels == 1 else canvas).numpy(), cmap="gray", vmin=0, vmax=1)
     fig.tight_layout()
     return fig
