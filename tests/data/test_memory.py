@@ -178,6 +178,10 @@ def test_sixteen_bit_photos_stay_on_the_dataloader_path(
     assert dm.memory is None and "served by DataLoaders (its images are torch.uint16" in caplog.text
     with pytest.raises(ValueError, match="holds 8-bit images"):
         ImageFolderDataModule(**options, in_memory="true").setup("fit")  # type: ignore[arg-type]
+    # nor into the decoded cache of the DataLoader path: auto decodes them per sample, true says why not
+    assert not list(tmp_path.glob(".cnnlab_resized_*")) and dm.train_set[0][0].shape == (1, 8, 8)
+    with pytest.raises(ValueError, match="decoded_cache=true cannot serve .*the decoded cache holds 8-bit"):
+        ImageFolderDataModule(**options, decoded_cache="true").setup("fit")  # type: ignore[arg-type]
 
 
 def test_each_process_of_a_ddp_run_takes_its_share_of_the_order() -> None:

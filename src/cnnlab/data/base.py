@@ -4,7 +4,9 @@ A subclass says where its samples come from (``load_split``), which target keys 
 when it downloads, how (``download``). The task says what it needs of them in its ``SampleSpec`` (given as
 ``spec``): the keys, the evaluation geometry, normalisation and the collate function. The base carves a
 seeded validation split from the training pool, computes normalisation statistics on the training split
-when the config gives none, builds the joint transforms and serves the loaders.
+when the config gives none, builds the joint transforms and serves the loaders: from memory when the data
+fits (``cnnlab.data.memory``), else DataLoaders over the files, decoded once when that pays
+(``cnnlab.data.resized``).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, Sampler, Subset
 
-from cnnlab.data import memory
+from cnnlab.data import memory, resized
 from cnnlab.data import transforms as T
 from cnnlab.errors import ClassCountError
 from cnnlab.samples import SampleDataset, SampleSpec, as_image, label_collate
@@ -102,6 +104,7 @@ class ImageDataModule(L.LightningDataModule):
         batch_size: int = 64,
         num_workers: int | str = "auto",
         in_memory: bool | str = "auto",
+        decoded_cache: bool | str = "auto",
         val_fraction: float = 0.1,
         seed: int = 0,
         augmentation: T.AugmentationFactory | None = None,
@@ -130,6 +133,9 @@ class ImageDataModule(L.LightningDataModule):
         self.in_memory = memory.choice(in_memory)
         #: the splits decoded into memory (``cnnlab.data.memory``), or None: served by DataLoaders
         self.memory: dict[str, memory.Decoded] | None = None
+        self.decoded_cache = resized.choice(decoded_cache)
+        #: the splits the loaders serve: the raw ones, their photos read from the decoded cache when it is on
+        self._served: dict[str, Dataset] = {}
         self.val_fraction, self.seed = val_fraction, seed
         self.augmentation = augmentation or T.none
         self.spec = spec
@@ -173,6 +179,10 @@ class ImageDataModule(L.LightningDataModule):
         """A validation split the dataset ships with (used instead of one carved from the training pool)."""
         return None
 
+    def cache_dir(self) -> Path | None:
+        """The folder beside the files that holds the decoded cache; None for data not read from files."""
+        return None
+
     # --- Lightning hooks ---------------------------------------------------------------------------------
 
     def prepare_data(self) -> None:
@@ -181,8 +191,10 @@ class ImageDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.test_set is not None:
             return
-        train_raw, val_raw, test_raw = self._raw_splits()
-        self.memory = self._decode_in_memory({"train": train_raw, "val": val_raw, "test": test_raw})
+        raw = dict(zip(("train", "val", "test"), self._raw_splits(), strict=True))
+        self.memory = self._decode_in_memory(raw)
+        self._served = raw if self.memory is not None else self._decoded(raw)
+        train_raw, val_raw, test_raw = self._served["train"], self._served["val"], self._served["test"]
         mean, std = self.statistics() if self.spec.normalize else (None, None)
         geometry = self.spec.eval_geometry
         train_tf = T.train_transform(
@@ -207,7 +219,8 @@ class ImageDataModule(L.LightningDataModule):
     def statistics(self) -> tuple[list[float], list[float]]:
         """The normalisation mean and std: the config's, or computed on the training split (then cached)."""
         if self.mean is None or self.std is None:
-            self.mean, self.std = self._statistics(self._raw_splits()[0])
+            train = self._served["train"] if self._served else self._raw_splits()[0]
+            self.mean, self.std = self._statistics(train)
         for name, values in (("mean", self.mean), ("std", self.std)):
             if len(values) != self.in_channels:
                 raise ValueError(
@@ -375,6 +388,18 @@ class ImageDataModule(L.LightningDataModule):
             time.perf_counter() - started,
         )
         return decoded
+
+    def _decoded(self, splits: dict[str, Dataset]) -> dict[str, Dataset]:
+        """The splits of the DataLoader path, their photos decoded once at the training size when
+        ``decoded_cache`` asks for it (``cnnlab.data.resized``)."""
+        return resized.serve(
+            splits,
+            self.decoded_cache,
+            self.resize_size,
+            self.spec.eval_geometry,
+            self.cache_dir(),
+            self.num_workers,
+        )
 
     def _memory_loader(self, split: str) -> memory.MemoryLoader:
         assert self.memory is not None

@@ -101,6 +101,9 @@ class ImageFolderDataModule(ImageDataModule):
         # one file per channel mode: the base's cache key does not tell greyscale from RGB statistics
         return folder / f".cnnlab_stats_{self.mode}.json"
 
+    def cache_dir(self) -> Path | None:
+        return self.dataset_dir()
+
     def stats_fingerprint(self, train: Dataset) -> str:
         # the files themselves (names, sizes, times): replacing the images changes the statistics' key
         return self._fingerprint

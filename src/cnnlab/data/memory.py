@@ -10,7 +10,9 @@ other preset runs its own v2 steps image by image on the decoded tensor. Evaluat
 computation exported models repeat) to the batch. Random draws come from a generator seeded by (seed, epoch),
 so a resumed run draws what an uninterrupted one did.
 
-What it serves: image-level targets (class labels, anomaly flags). Masks and boxes take the DataLoader path.
+What it serves: image-level targets (class labels, anomaly flags). Masks and boxes take the DataLoader path
+(where ``cnnlab.data.resized`` decodes photos once too). The keying of the caches (``files_key``), the 8-bit
+resize (``shorter_side``) and the decoding pass in workers (``decode_pass``) are shared with that path.
 """
 
 from __future__ import annotations
@@ -46,16 +48,14 @@ CHOICES = ("auto", "true", "false")
 
 
 class NotInMemory(Exception):
-    """The data cannot take the in-memory path; the message says why."""
+    """The data cannot be decoded ahead (into memory, or into the decoded cache); the message says why."""
 
 
-def choice(value: Any) -> str:
-    """``data.in_memory`` as one of auto, true, false."""
+def choice(value: Any, option: str = "in_memory", auto: str = "in memory when the decoded images fit") -> str:
+    """An auto/true/false option such as ``data.in_memory`` as one of auto, true, false."""
     text = str(value).lower()
     if text not in CHOICES:
-        raise ValueError(
-            f"data.in_memory={value}: choose auto (in memory when the decoded images fit), true or false"
-        )
+        raise ValueError(f"data.{option}={value}: choose auto ({auto}), true or false")
     return text
 
 
@@ -99,9 +99,16 @@ def square(image: Tensor, size: int) -> Tensor:
         raise NotInMemory(f"its images are {image.dtype}, and the in-memory path holds 8-bit images")
     if image.shape[-2:] == (size, size):
         return image
+    return F.center_crop(shorter_side(image, size), [size, size])
+
+
+def shorter_side(image: Tensor, size: int) -> Tensor:
+    """A uint8 image (C, H, W) with its shorter side resized to ``size`` (uint8)."""
+    if min(image.shape[-2:]) == size:
+        return image
     # resized as Evaluate does (in float, with antialiasing), then rounded back to 8 bits
     scaled = F.resize(F.to_dtype(image, torch.float32, scale=True), [size], antialias=True)
-    return F.center_crop(scaled, [size, size]).clamp(0, 1).mul(255).round().to(torch.uint8)
+    return scaled.clamp(0, 1).mul(255).round().to(torch.uint8)
 
 
 def sources(dataset: Dataset) -> list[tuple[Dataset, list[int]]]:
@@ -129,25 +136,17 @@ def decode_base(
         if images.shape[-2:] == (size, size):
             return images, targets
         return torch.stack([square(image, size) for image in images]), targets
-    cache = _cache_file(base, size, keys, cache_dir)
+    key = files_key(base, size, list(keys))
+    cache = cache_dir / f".cnnlab_decoded_{size}px_{key}.pt" if cache_dir is not None and key else None
     if cache is not None and cache.is_file():
         try:
             stored = torch.load(cache, weights_only=True)
             return stored["images"], stored["targets"]
         except (OSError, RuntimeError, EOFError, KeyError) as err:
             log.warning("data: the decoded cache %s is unreadable (%s); decoding again", cache, err)
-    loader = DataLoader(_Squared(base, size, keys), batch_size=256, num_workers=num_workers, collate_fn=list)
-    chunks: list[Tensor] = []
-    found: dict[str, list[int]] = {k: [] for k in keys}
-    for items in loader:
-        refused = next((item for item in items if isinstance(item, str)), None)
-        if refused is not None:
-            raise NotInMemory(refused)
-        chunks.append(torch.stack([image for image, _ in items]))
-        for key in keys:
-            found[key] += [target[key] for _, target in items]
-    decoded = torch.cat(chunks) if chunks else torch.empty(0, dtype=torch.uint8)
-    targets = {k: torch.tensor(v, dtype=torch.long) for k, v in found.items()}
+    items = list(decode_pass(_Squared(base, size, keys), num_workers))
+    decoded = torch.stack([image for image, _ in items]) if items else torch.empty(0, dtype=torch.uint8)
+    targets = {k: torch.tensor([target[k] for _, target in items], dtype=torch.long) for k in keys}
     if cache is not None:
         tmp = cache.with_suffix(f".tmp{os.getpid()}")
         try:
@@ -183,18 +182,40 @@ class _Squared(Dataset):
             return str(err)
 
 
-def _cache_file(base: Dataset, size: int, keys: tuple[str, ...], cache_dir: Path | None) -> Path | None:
-    """Where ``base``'s decoded tensor is cached: named by its files (paths, sizes, times), size and keys."""
-    files = getattr(base, "samples", None)
-    if cache_dir is None or not files:
+def decode_pass(items: Dataset, num_workers: int) -> Iterator[Any]:
+    """The items of ``items`` in order, read in ``num_workers`` DataLoader workers; an item that is a string
+    (why the data cannot be decoded ahead) stops the pass with ``NotInMemory``."""
+    # batches small enough that every worker gets some: one batch of a small dataset would be one worker's
+    batch = max(1, min(256, math.ceil(len(items) / max(1, 4 * num_workers))))  # type: ignore[arg-type]
+    for chunk in DataLoader(items, batch_size=batch, num_workers=num_workers, collate_fn=list):
+        for item in chunk:
+            if isinstance(item, str):
+                raise NotInMemory(item)
+            yield item
+
+
+def files_of(base: Dataset) -> list[tuple[Path, ...]]:
+    """The files each item of ``base`` is read from (its image first, then a mask, say): the paths in its
+    ``samples``; none when it is not read from files."""
+    return [
+        tuple(Path(part) for part in sample if isinstance(part, (str, os.PathLike)))
+        for sample in getattr(base, "samples", None) or []
+    ]
+
+
+def files_key(base: Dataset, *parts: Any) -> str | None:
+    """What names a cache of ``base``: its files (paths, sizes, times), channels and ``parts``; None when it
+    is not read from files."""
+    files = files_of(base)
+    if not files:
         return None
     stamps = []
-    for path, _ in files:
+    for path in (path for paths in files for path in paths):
         stat = os.stat(path)
-        stamps.append((str(path), stat.st_size, stat.st_mtime_ns))
+        # the change time too: a file rewritten with its size and modification time put back is still seen
+        stamps.append((str(path), stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns))
     channels = getattr(base, "channels", "")
-    digest = hashlib.sha1(json.dumps([size, channels, list(keys), stamps]).encode()).hexdigest()[:16]
-    return cache_dir / f".cnnlab_decoded_{size}px_{digest}.pt"
+    return hashlib.sha1(json.dumps([*parts, channels, stamps]).encode()).hexdigest()[:16]
 
 
 def decode_split(

@@ -209,6 +209,9 @@ class MVTecDataModule(ImageDataModule):
     def own_validation(self) -> Dataset | None:
         return self._splits.get("val")
 
+    def cache_dir(self) -> Path | None:
+        return self.root
+
     def _read(self) -> dict[str, Dataset]:
         assert self.root is not None
         train = MVTecAD(self.root, "train", channels=self.in_channels)

@@ -151,7 +151,8 @@ class BaseTask(L.LightningModule):
         """The training loss: each step's value to the progress bar and, every ``log_every_n_steps``, to the
         loggers (``train/loss_step``); the epoch's mean, weighted by batch size, summed on the device and
         logged once at the epoch's end (``train/loss_epoch``, and ``train/loss_<part>`` for each of
-        ``parts``). Lightning's ``self.log`` costs about a millisecond a call: it runs when a value is shown."""
+        ``parts``). Lightning's ``self.log`` costs about a millisecond a call: it runs when a value is
+        shown."""
         if self._trainer is None:  # a step called by hand: nothing to log to (as self.log)
             return
         values = [loss.detach(), *(v.detach() for v in parts.values())]
