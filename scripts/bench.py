@@ -280,11 +280,20 @@ def bench_job(
         result["plain"].append(plain_fit(cfg, data, int(job["epochs"]), device))
         for variant, (extra, checkout) in variants.items():
             folder = out / "runs" / f"{name}_{variant.replace(' ', '_')}_{r}"
-            result[variant].append(run_cnnlab(overrides + extra, folder, checkout))
+            try:
+                result[variant].append(run_cnnlab(overrides + extra, folder, checkout))
+            except SystemExit as err:
+                if checkout == ROOT:
+                    raise
+                # an older checkout may lack an option the variant sets: reported, the others measured
+                print(f"bench: {name} {variant} run {r + 1}/{repeats} failed: {str(err)[-300:]}", flush=True)
+                continue
             print(
                 f"bench: {name} {variant} run {r + 1}/{repeats}: {result[variant][-1]['wall']:.1f} s",
                 flush=True,
             )
+    for variant in [v for v in variants if not result[v]]:
+        del result[variant]
     result["train_images"] = result["plain"][0]["train_images"]
     result["epochs"] = int(job["epochs"])
     return result
