@@ -43,14 +43,6 @@ def run(*args: str, cwd: Path = ROOT, check: bool = True) -> subprocess.Complete
     return proc
 
 
-@pytest.fixture(scope="module")
-def cli_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """`python train.py` for two epochs, through the real entry point (exported in every format)."""
-    out = tmp_path_factory.mktemp("cli") / "run"
-    run(str(ROOT / "train.py"), "trainer.max_epochs=2", f"hydra.run.dir={out}", *QUIET)
-    return out
-
-
 def test_train_cli_writes_a_run_folder(cli_run: Path) -> None:
     assert (cli_run / ".hydra" / "config.yaml").is_file() and (
         cli_run / ".hydra" / "overrides.yaml"

@@ -158,14 +158,6 @@ def test_a_piped_run_logs_a_line_per_epoch(tmp_path: Path) -> None:
         assert f"epoch {epoch}/2  val/acc" in log and f"epoch {epoch}/2" in proc.stdout + proc.stderr
 
 
-@pytest.fixture(scope="module")
-def exported(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A short train.py run, exported in every format."""
-    out = tmp_path_factory.mktemp("exported") / "run"
-    run(TRAIN, *FAST, f"hydra.run.dir={out}")
-    return out
-
-
 #: runs predict once per argument list (JSON in argv[1]) in one interpreter, as separate commands would run,
 #: closing each one's console output with its exit code; an exception would end it with a traceback
 PREDICT_EACH = (
@@ -213,6 +205,13 @@ def write_small_export(folder: Path, task: str) -> Path:
     path = folder / f"{task}.pt"
     formats.write("torchscript", module, torch.rand(1, 3, 32, 32), path, contract, dynamic=True)
     return path
+
+
+@pytest.fixture
+def exported(cli_run: Path) -> Path:
+    """A train.py run exported in every format: the command-line tests' shared run (tests/cli/conftest.py),
+    read, never written."""
+    return cli_run
 
 
 def test_predict_explains_files_that_are_no_exported_model(exported: Path, tmp_path: Path) -> None:
