@@ -52,15 +52,6 @@ def train(out: Path, *overrides: str) -> Path:
 
 
 @pytest.fixture(scope="module")
-def classifier_export(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The default classifier (simple_cnn on digits, 10 classes) after two epochs, as the .pt2 the app
-    prefers (every format's loading is tested in tests/serving)."""
-    return train(
-        tmp_path_factory.mktemp("app") / "classifier", "trainer.max_epochs=2", "export.formats=[pt2]"
-    )
-
-
-@pytest.fixture(scope="module")
 def client(classifier_export: Path) -> Iterator[TestClient]:
     with TestClient(create_app(runtime.load(classifier_export))) as test_client:
         yield test_client

@@ -13,7 +13,7 @@ import pytest
 from cli.test_cli import write_digit_png
 from PIL import Image
 
-from app.test_api import serving, train
+from app.test_api import serving
 
 try:
     from playwright.sync_api import Browser, Page, expect, sync_playwright
@@ -53,12 +53,9 @@ SEND = """([how, name, data]) => {
 
 
 @pytest.fixture(scope="module")
-def app_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """The app serving the default classifier (two epochs), in a process of its own."""
-    export = train(
-        tmp_path_factory.mktemp("browser") / "run", "trainer.max_epochs=2", "export.formats=[torchscript]"
-    )
-    with serving(str(export)) as (url, _):
+def app_url(classifier_export: Path) -> Iterator[str]:
+    """The app serving the default classifier (two epochs; tests/app/conftest.py), in a process of its own."""
+    with serving(str(classifier_export)) as (url, _):
         yield url
 
 
