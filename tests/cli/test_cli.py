@@ -186,6 +186,7 @@ def test_predict_cli_writes_each_picture_into_the_folder_asked(
     assert written.shape == (30, 24, 3) and all(np.array_equal(written[..., c], grey) for c in range(3))
 
 
+@pytest.mark.slow  # a twin runs in make test (in-process or another command line)
 def test_predict_cli_reports_a_file_that_is_no_image(cli_run: Path, tmp_path: Path) -> None:
     bad = tmp_path / "notes.png"
     bad.write_text("not an image")
@@ -211,6 +212,7 @@ def test_export_cli_writes_every_format_and_the_contract(cli_run: Path, tmp_path
     assert all(info["max_abs_diff"]["probabilities"] < 1e-4 for info in described["formats"].values())
 
 
+@pytest.mark.slow  # a twin runs in make test (in-process or another command line)
 def test_export_cli_writes_only_the_formats_asked(
     cli_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

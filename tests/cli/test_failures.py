@@ -81,6 +81,7 @@ def test_config_typos_are_refused_before_any_data_is_read(make_cfg, monkeypatch:
             train(make_cfg(typo))
 
 
+@pytest.mark.slow  # a twin runs in make test (in-process or another command line)
 def test_a_config_typo_on_the_command_line_is_one_paragraph(tmp_path: Path) -> None:
     started = time.perf_counter()
     # a metric the task does not log: its direction is resolved in the config tree, which the run logs first

@@ -80,6 +80,7 @@ def test_a_valid_search_and_its_sampler_and_pruner_names() -> None:
     assert "params is empty" in search_problem({"params": {}})
 
 
+@pytest.mark.slow  # a twin runs in make test (in-process or another command line)
 def test_ray_requests_are_compared_with_the_resources_of_this_machine() -> None:
     from cnnlab.config import ray_problem
 
