@@ -36,6 +36,24 @@ def assert_clean(proc: subprocess.CompletedProcess, *words: str) -> str:
     return console
 
 
+def test_a_diverging_run_in_process_stops_before_anything_non_finite_is_kept(make_cfg) -> None:
+    from cnnlab.tasks.base import NonFiniteLossError
+    from cnnlab.train import run_task
+
+    cfg = make_cfg("optimizer.lr=1e6", "trainer.max_epochs=2", "logger=none")
+    said = r"training loss became nan at step \d+.*last finite loss was"
+    with pytest.raises(NonFiniteLossError, match=said):
+        run_task(cfg)
+    out = Path(cfg.paths.output_dir)
+    status = json.loads((out / "status.json").read_text())
+    assert status["status"] == "failed" and "optimizer.lr" in status["error"]
+    assert not (out / "export").exists()
+    for ckpt in (out / "checkpoints").glob("*.ckpt") if (out / "checkpoints").is_dir() else []:
+        weights = torch.load(ckpt, weights_only=True)["state_dict"].values()
+        assert all(torch.isfinite(w).all() for w in weights if w.is_floating_point())
+
+
+@pytest.mark.slow  # the command line's paragraph of the in-process test above
 def test_a_diverging_run_stops_saves_nothing_wrong_and_says_why(tmp_path: Path) -> None:
     out = tmp_path / "run"
     proc = run(TRAIN, "optimizer.lr=1e6", "trainer.max_epochs=2", f"hydra.run.dir={out}", *QUIET, check=False)
