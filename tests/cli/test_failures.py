@@ -36,6 +36,17 @@ def assert_clean(proc: subprocess.CompletedProcess, *words: str) -> str:
     return console
 
 
+def assert_diverged(out: Path) -> None:
+    """A diverged run's folder: failed with what to change, nothing exported, no non-finite checkpoint."""
+    status = json.loads((out / "status.json").read_text())
+    assert status["status"] == "failed"
+    assert "became nan" in status["error"] and "optimizer.lr" in status["error"]
+    assert not (out / "export").exists()
+    for ckpt in (out / "checkpoints").glob("*.ckpt") if (out / "checkpoints").is_dir() else []:
+        weights = torch.load(ckpt, weights_only=True)["state_dict"].values()
+        assert all(torch.isfinite(w).all() for w in weights if w.is_floating_point())
+
+
 def test_a_diverging_run_in_process_stops_before_anything_non_finite_is_kept(make_cfg) -> None:
     from cnnlab.tasks.base import NonFiniteLossError
     from cnnlab.train import run_task
@@ -45,12 +56,7 @@ def test_a_diverging_run_in_process_stops_before_anything_non_finite_is_kept(mak
     with pytest.raises(NonFiniteLossError, match=said):
         run_task(cfg)
     out = Path(cfg.paths.output_dir)
-    status = json.loads((out / "status.json").read_text())
-    assert status["status"] == "failed" and "optimizer.lr" in status["error"]
-    assert not (out / "export").exists()
-    for ckpt in (out / "checkpoints").glob("*.ckpt") if (out / "checkpoints").is_dir() else []:
-        weights = torch.load(ckpt, weights_only=True)["state_dict"].values()
-        assert all(torch.isfinite(w).all() for w in weights if w.is_floating_point())
+    assert_diverged(out)
 
 
 @pytest.mark.slow  # the command line's paragraph of the in-process test above
@@ -58,12 +64,7 @@ def test_a_diverging_run_stops_saves_nothing_wrong_and_says_why(tmp_path: Path) 
     out = tmp_path / "run"
     proc = run(TRAIN, "optimizer.lr=1e6", "trainer.max_epochs=2", f"hydra.run.dir={out}", *QUIET, check=False)
     assert_clean(proc, "training loss became nan at step", "the last finite loss was", "optimizer.lr")
-    status = json.loads((out / "status.json").read_text())
-    assert status["status"] == "failed" and "became nan" in status["error"]
-    assert not (out / "export").exists()
-    for ckpt in (out / "checkpoints").glob("*.ckpt") if (out / "checkpoints").is_dir() else []:
-        weights = torch.load(ckpt, weights_only=True)["state_dict"].values()
-        assert all(torch.isfinite(w).all() for w in weights if w.is_floating_point())
+    assert_diverged(out)
 
 
 @pytest.mark.slow
