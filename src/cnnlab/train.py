@@ -415,4 +415,8 @@ def main() -> None:
         sys.argv = [sys.argv[0], *runs.resume_overrides(sys.argv[1:])]
     except (FileNotFoundError, CnnlabError) as err:
         sys.exit(f"cnnlab: {err}")
-    _hydra_main()
+    try:
+        _hydra_main()
+    except BrokenPipeError:  # `--help | head`: the reader left; nothing to report, nothing more to write
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(0)

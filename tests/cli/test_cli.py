@@ -378,3 +378,11 @@ def test_help_and_misspelt_options_are_answered_before_torch_is_imported(args: l
     )
     assert says in done.stdout + done.stderr
     assert done.stdout.strip().splitlines()[-1] == "imported: False False"
+
+
+def test_help_piped_into_a_reader_that_stops_early_ends_quietly() -> None:
+    # `true` reads nothing and exits at once: every write of the help meets a closed pipe
+    done = subprocess.run(
+        f"{sys.executable} train.py --help | true", shell=True, cwd=ROOT, capture_output=True, text=True
+    )
+    assert done.returncode == 0 and "Traceback" not in done.stderr and "BrokenPipe" not in done.stderr
