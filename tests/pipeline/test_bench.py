@@ -32,7 +32,7 @@ def test_the_plain_loop_trains_the_configs_network(bench: ModuleType) -> None:
 @pytest.mark.parametrize(
     ("args", "says"),
     [
-        (["--jobs", "digits,mnist"], "unknown job(s) mnist: choose from digits, folder"),
+        (["--jobs", "digits,mnist"], "unknown job(s) mnist: choose from digits, folder, photos"),
         (["--baseline", "/nonexistent"], "no train.py there"),
     ],
 )
