@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import os
 import pickle
 import re
@@ -146,8 +147,11 @@ def test_a_photo_spoilt_after_the_cache_was_built_is_reported(category: Path) ->
     stat = photo.stat()
     photo.write_bytes(b"\0" * stat.st_size)
     os.utime(photo, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    running = set(multiprocessing.active_children())
     with pytest.raises(ImageReadError, match=re.escape(f"{photo}: not an image")):
         mvtec(category, in_memory="false", num_workers=2)
+    # the pass's workers are stopped with the error, not 10 s later when the garbage collector frees them
+    assert set(multiprocessing.active_children()) <= running
 
 
 def test_dataloader_workers_read_the_cache(category: Path, monkeypatch: pytest.MonkeyPatch) -> None:

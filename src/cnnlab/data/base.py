@@ -484,12 +484,13 @@ def channel_statistics(
     samples = SampleDataset(dataset, prep, keys=())
     loader = DataLoader(samples, batch_size=64, num_workers=num_workers, collate_fn=list)
     total, total_sq, count = None, None, 0
-    for batch in loader:
-        for image, _ in batch:
-            flat = image.as_subclass(torch.Tensor).double().flatten(1)  # (C, H*W)
-            total = flat.sum(1) if total is None else total + flat.sum(1)
-            total_sq = (flat**2).sum(1) if total_sq is None else total_sq + (flat**2).sum(1)
-            count += flat.shape[1]
+    with memory.worker_batches(loader) as batches:
+        for batch in batches:
+            for image, _ in batch:
+                flat = image.as_subclass(torch.Tensor).double().flatten(1)  # (C, H*W)
+                total = flat.sum(1) if total is None else total + flat.sum(1)
+                total_sq = (flat**2).sum(1) if total_sq is None else total_sq + (flat**2).sum(1)
+                count += flat.shape[1]
     if total is None or total_sq is None:
         raise ValueError("cannot compute normalisation statistics: the training split is empty")
     mean = total / count
