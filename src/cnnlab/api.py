@@ -188,6 +188,7 @@ def fit(cfg_or_overrides: DictConfig | Overrides = (), /) -> Run:
                 "fit takes a config made by cnnlab.compose(...) (it has a hydra node), or overrides"
             )
         cfg = copy.deepcopy(cfg_or_overrides)  # a run writes what it settles into its config, not yours
+        OmegaConf.clear_cache(cfg)  # the folder resolvers (classes, image size) measure the files anew
         folder = Path(str(cfg.hydra.run.dir))
         resumed = cfg.get("ckpt_path") is not None
         _pin_run_folder(cfg, folder if resumed or not (folder / "status.json").is_file() else _unused(folder))

@@ -336,8 +336,9 @@ def _count_class_folders(root: str) -> int:
     return count_class_folders(root)
 
 
-# `${class_folders:${data.root}}`: a photo folder's number of classes, counted from root/train
-OmegaConf.register_new_resolver("class_folders", _count_class_folders, replace=True)
+# `${class_folders:${data.root}}`: a photo folder's number of classes, counted from root/train. The folder
+# resolvers are cached in the config they resolve in: each access would count, or scan and log, again
+OmegaConf.register_new_resolver("class_folders", _count_class_folders, replace=True, use_cache=True)
 
 
 def _folder_image_size(root: str) -> int:
@@ -347,7 +348,7 @@ def _folder_image_size(root: str) -> int:
 
 
 # `${folder_image_size:${data.root}}`: a photo folder's own image size (median shorter side, at most 224)
-OmegaConf.register_new_resolver("folder_image_size", _folder_image_size, replace=True)
+OmegaConf.register_new_resolver("folder_image_size", _folder_image_size, replace=True, use_cache=True)
 
 
 def _job_gpus() -> int:

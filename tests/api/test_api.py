@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from fakedata import write_image_folder
 
 import cnnlab
 from cnnlab.errors import CheckpointError, CnnlabError, ConfigError
@@ -146,6 +148,22 @@ def test_a_run_that_fails_raises_its_error_and_records_it(tmp_path: Path) -> Non
     with pytest.raises(CnnlabError):
         cnnlab.fit(cfg)
     assert len(list((tmp_path / "train" / "runs").iterdir())) == 2
+
+
+def test_a_photo_folder_is_measured_once_per_config_and_again_when_it_trains_again(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    root = tmp_path / "photos"
+    write_image_folder(root, ["cat", "dog"], n_per_class=3)
+    quick = ["trainer.max_epochs=1", "export=null", "test=false", "trainer.accelerator=cpu"]
+    quick += ["data=image_folder", f"data.root={root}", f"paths.output_root={tmp_path}"]
+    with caplog.at_level(logging.INFO, logger="cnnlab.data.image_folder"):
+        cfg = cnnlab.compose(*quick)
+        assert [(cfg.data.num_classes, cfg.data.image_size) for _ in range(3)] == [(2, 36)] * 3
+    assert caplog.text.count("median shorter side") == 1  # each access scanned and logged it before
+    write_image_folder(root, ["cat", "dog", "bird"], n_per_class=3)
+    # the class folder added since: counted again, not the config's 2 classes of before
+    assert cnnlab.fit(cfg).status == "completed"
 
 
 @pytest.mark.slow
