@@ -130,13 +130,21 @@ def test_a_category_without_ground_truth_keeps_its_wrapper(category: Path) -> No
 
 def test_a_changed_photo_is_decoded_again(category: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     mvtec(category)
+    mvtec(category, image_size=6, resize_size=6)  # another size: its own caches
+    before = caches(category)
+    assert len(before) == 4
     photo = sorted((category / "test" / "good").iterdir())[0]
     stat = photo.stat()
     Image.new("RGB", (24, 16), "white").save(photo)
     # even with its modification time put back, the change time gives the rewrite away
     os.utime(photo, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     dm = mvtec(category)
-    assert len(caches(category)) == 3  # a new cache of test/; the one of train/ is reused
+    # a new cache of test/ in place of the one of the files before the change; train/'s is reused, and the
+    # caches at 6 px stay (the one of test/ rebuilt when a run asks for that size)
+    after = caches(category)
+    assert len(after) == 4 and len(set(after) - set(before)) == 1
+    (gone,) = set(before) - set(after)
+    assert gone.name.startswith(".cnnlab_resized_10px_")
     image, target = dm.test_set[0]
     assert torch.allclose(image, torch.ones_like(image)) and target["label"] == 0
 

@@ -11,8 +11,9 @@ computation exported models repeat) to the batch. Random draws come from a gener
 so a resumed run draws what an uninterrupted one did.
 
 What it serves: image-level targets (class labels, anomaly flags). Masks and boxes take the DataLoader path
-(where ``cnnlab.data.resized`` decodes photos once too). The keying of the caches (``files_key``), the 8-bit
-resize (``shorter_side``) and the decoding pass in workers (``decode_pass``) are shared with that path.
+(where ``cnnlab.data.resized`` decodes photos once too). The naming of the caches (``cache_file``,
+``drop_stale``), the 8-bit resize (``shorter_side``) and the decoding pass in workers (``decode_pass``) are
+shared with that path.
 """
 
 from __future__ import annotations
@@ -137,8 +138,8 @@ def decode_base(
         if images.shape[-2:] == (size, size):
             return images, targets
         return torch.stack([square(image, size) for image in images]), targets
-    key = files_key(base, size, list(keys))
-    cache = cache_dir / f".cnnlab_decoded_{size}px_{key}.pt" if cache_dir is not None and key else None
+    stem = cache_file(cache_dir, "decoded", base, size, list(keys)) if cache_dir is not None else None
+    cache = stem.with_name(stem.name + ".pt") if stem is not None else None
     if cache is not None and cache.is_file():
         try:
             stored = torch.load(cache, weights_only=True)
@@ -156,6 +157,8 @@ def decode_base(
             tmp.replace(cache)  # atomic: DDP ranks may decode at the same time
         except OSError as err:
             log.warning("data: could not cache the decoded images in %s (%s)", cache, err)
+        else:
+            drop_stale(cache)
     return decoded, targets
 
 
@@ -223,19 +226,36 @@ def files_of(base: Dataset) -> list[tuple[Path, ...]]:
     ]
 
 
-def files_key(base: Dataset, *parts: Any) -> str | None:
-    """What names a cache of ``base``: its files (paths, sizes, times), channels and ``parts``; None when it
-    is not read from files."""
+def cache_file(cache_dir: Path, kind: str, base: Dataset, size: int, *parts: Any) -> Path | None:
+    """Where the ``kind`` cache of ``base`` at ``size`` px lives: ``.cnnlab_<kind>_<size>px_<which>_<state>``,
+    ``which`` naming its files (paths), channels and ``parts``, ``state`` the files' sizes and times; None
+    when it is not read from files. A changed file gives the same ``which`` and another ``state``."""
     files = files_of(base)
     if not files:
         return None
-    stamps = []
+    paths, stamps = [], []
     for path in (path for paths in files for path in paths):
         stat = os.stat(path)
+        paths.append(str(path))
         # the change time too: a file rewritten with its size and modification time put back is still seen
-        stamps.append((str(path), stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns))
+        stamps.append((stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns))
     channels = getattr(base, "channels", "")
-    return hashlib.sha1(json.dumps([*parts, channels, stamps]).encode()).hexdigest()[:16]
+    which = hashlib.sha1(json.dumps([*parts, channels, paths]).encode()).hexdigest()[:12]
+    state = hashlib.sha1(json.dumps(stamps).encode()).hexdigest()[:12]
+    return cache_dir / f".cnnlab_{kind}_{size}px_{which}_{state}"
+
+
+def drop_stale(cache: Path) -> None:
+    """Delete the caches of the same files that ``cache`` replaces (their state is older): a changed photo
+    would otherwise leave a whole dataset's decoded copy behind. Caches at other sizes stay."""
+    stem = cache.name[: cache.name.rindex("_") + 1]
+    for old in cache.parent.glob(f"{stem}*"):
+        if old.name != cache.name and old.suffix == cache.suffix:
+            try:
+                old.unlink()
+                log.info("data: removed %s, a decoded cache of files that changed since", old)
+            except OSError as err:  # only disk space: the run goes on
+                log.warning("data: could not remove the stale cache %s (%s)", old, err)
 
 
 def decode_split(

@@ -3,19 +3,20 @@
 Data that takes the DataLoader path (too large for memory, ``data.in_memory=false``, or samples with masks)
 would decode and resize each photo again in every epoch. Instead, the first run decodes each image of a
 file-backed dataset once, resizes its shorter side to ``resize_size`` (what evaluation's ``crop`` geometry
-and the resizing presets do first) and writes it as uint8 into one file beside the photos, keyed by the files
-as the in-memory cache is (``memory.files_key``: names, sizes, times); masks follow with nearest-neighbour
-resizing, as v2 moves them. Later epochs and runs read one record per image from that file through a memory
-map, in DataLoader workers; the per-sample transforms then run as before on the smaller image.
+and the resizing presets do first) and writes it as uint8 into one file beside the photos, named by the files
+as the in-memory cache is (``memory.cache_file``: names, sizes, times; the cache of the files as they were
+before a change is deleted); masks follow with nearest-neighbour resizing, as v2 moves them. Later epochs and
+runs read one record per image from that file through a memory map, in DataLoader workers; the per-sample
+transforms then run as before on the smaller image.
 
 What it serves equals the per-sample path within a grey level: evaluation's resize happens once in float
 and is rounded to 8 bits (the resizing presets resize 8-bit images, which rounds too). One difference: the
 ``standard`` preset's random resized crops come from the resized photo rather than the full-size file, as
 on the in-memory path. 16-bit images, and targets other than numbers and one ``mask``, are not cached.
 
-File layout (``.cnnlab_resized_<size>px_<key>.u8``): the records back to back (an image's C x H x W bytes,
-then its mask's H x W bytes unless it is all zeros), then a JSON index (offset, shape, mask and target of
-every item), its length (8 bytes, little-endian) and ``MAGIC``.
+File layout (``.cnnlab_resized_<size>px_<files>_<state>.u8``): the records back to back (an image's
+C x H x W bytes, then its mask's H x W bytes unless it is all zeros), then a JSON index (offset, shape, mask
+and target of every item), its length (8 bytes, little-endian) and ``MAGIC``.
 """
 
 from __future__ import annotations
@@ -208,14 +209,16 @@ def _open_or_build(
     started, cached, built = time.perf_counter(), {}, 0
     writable = os.access(cache_dir, os.W_OK)
     for base in bases:
-        key = memory.files_key(base, size, MAGIC.decode().strip())  # another layout, another name
-        path = cache_dir / f".cnnlab_resized_{size}px_{key}.u8"
+        stem = memory.cache_file(cache_dir, "resized", base, size, MAGIC.decode().strip())  # layout in name
+        assert stem is not None  # the bases are read from files
+        path = stem.with_name(stem.name + ".u8")
         found = _read(path, len(base)) if path.is_file() else None  # type: ignore[arg-type]
         if found is None and not writable:
             return None
         if found is None:
             found = build(base, size, path, num_workers)
             built += len(found)
+            memory.drop_stale(path)
         cached[id(base)] = found
     count = sum(len(found) for found in cached.values())
     megabytes = sum(found.nbytes for found in cached.values()) / 1e6
