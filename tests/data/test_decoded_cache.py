@@ -8,23 +8,26 @@ import os
 import pickle
 import re
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
 from fakedata import write_image_folder
-from fakedense import write_mvtec
+from fakedense import SCENES, write_mask_folder, write_mvtec
 from PIL import Image
 
 import cnnlab.data.io
 import cnnlab.data.mvtec
-from cnnlab.data import resized
+from cnnlab.data import memory, resized, segmentation_presets
 from cnnlab.data import transforms as T
 from cnnlab.data.digits import DigitsDataModule
 from cnnlab.data.image_folder import ImageFolderDataModule
 from cnnlab.data.io import ImageReadError
+from cnnlab.data.mask_folder import MaskFolderDataModule
 from cnnlab.data.mvtec import MVTecDataModule, WithoutMasks
 from cnnlab.tasks.anomaly import AnomalyTask
+from cnnlab.tasks.segmentation import SegmentationTask
 
 GREY_LEVEL = 1 / 255 + 1e-6
 
@@ -210,3 +213,40 @@ def test_bad_choices_are_errors_that_name_the_valid_ones(tmp_path: Path) -> None
         MVTecDataModule(root=tmp_path, download=False, decoded_cache="sometimes")
     with pytest.raises(ValueError, match="decoded_cache=true cannot serve this data: the data is not read"):
         DigitsDataModule(image_size=16, in_memory="false", decoded_cache="true").setup("fit")
+
+
+def test_segmentation_photos_and_masks_are_cached_at_the_size_evaluation_resizes_to(tmp_path: Path) -> None:
+    # scenes of 30 to 48 px (masks greyscale and VOC-palette PNGs) trained at 16 px
+    scenes = [replace(scene, name=f"{scene.name}_{i}") for i in range(4) for scene in SCENES]
+    root = write_mask_folder(tmp_path / "roads", scenes)
+    options = {"root": root, "num_classes": 4, "image_size": 16, "batch_size": 4, "num_workers": 0}
+    options |= {"mean": [0.5] * 3, "std": [0.25] * 3, "spec": SegmentationTask.samples}
+
+    def batches(decoded_cache: str, augmentation: object = None) -> list:
+        dm = MaskFolderDataModule(**options, decoded_cache=decoded_cache, augmentation=augmentation)
+        dm.setup("fit")
+        torch.manual_seed(0)  # the random crops and flips of the per-sample transforms
+        return [batch for loader in (dm.train_dataloader(), dm.test_dataloader()) for batch in loader]
+
+    cached = batches("auto")
+    assert [p.name.split("_")[2] for p in caches(root)] == ["16px"]  # one file: the folder is one dataset
+    for augmentation in (None, segmentation_presets.basic):
+        mine_all, theirs_all = batches("true", augmentation), batches("false", augmentation)
+        for (mine, my_targets), (theirs, their_targets) in zip(mine_all, theirs_all, strict=True):
+            assert mine.shape == theirs.shape and my_targets.keys() == their_targets.keys() == {"mask"}
+            assert torch.equal(my_targets["mask"], their_targets["mask"])  # masks pixel for pixel
+            assert (mine - theirs).abs().max() <= 4 * GREY_LEVEL  # x 1/std: within a grey level
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(cached, batches("auto"), strict=True))
+
+
+def test_a_datasets_reading_options_name_a_cache_of_their_own(tmp_path: Path) -> None:
+    class Files(torch.utils.data.Dataset):
+        def __init__(self, binary: bool) -> None:
+            self.samples = [(tmp_path / "a.png", tmp_path / "a_mask.png")]
+            self.read_options = {"binary_masks": binary}
+
+    for name in ("a.png", "a_mask.png"):
+        Image.new("L", (4, 4)).save(tmp_path / name)
+    plain, binary = (memory.cache_file(tmp_path, "resized", Files(b), 8) for b in (False, True))
+    assert plain is not None and binary is not None and plain != binary  # 255 is class 1 in one of them
+    assert plain == memory.cache_file(tmp_path, "resized", Files(False), 8)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import sys
 from pathlib import Path
 from types import ModuleType
 
@@ -61,3 +62,22 @@ def test_a_job_alternates_plain_cnnlab_and_a_baseline_checkout(bench: ModuleType
         assert run["wall"] >= run["phases"]["fit"] > 0
     table = (tmp_path / "results.md").read_text()
     assert "| cnnlab |" in table and "| baseline cnnlab |" in table
+
+
+def test_the_decoded_cache_bench_reads_the_cache_it_built(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    spec = importlib.util.spec_from_file_location("bench_cache", ROOT / "scripts" / "bench_decoded_cache.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    args = ["--images", "6", "--size", "48", "40", "--image-size", "16", "--workers", "0", "--epochs", "1"]
+    monkeypatch.setattr(sys, "argv", ["bench", *args, "--repeats", "1", "--folder", str(tmp_path)])
+    script.main()
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("decoded_cache=")]
+    assert [line.split(":")[0] for line in lines] == ["decoded_cache=false", "decoded_cache=auto"]
+    assert all("(4 images)" in line for line in lines)  # 6 photos: 1 for testing, 1 validating, 4 training
+    assert len(list((tmp_path / "6_48x40").glob(".cnnlab_resized_16px_*.u8"))) == 1
+    monkeypatch.setattr(sys, "argv", ["bench", "--images", "2"])
+    with pytest.raises(SystemExit):
+        script.main()
+    assert "--images: at least 4" in capsys.readouterr().err

@@ -391,12 +391,15 @@ class ImageDataModule(L.LightningDataModule):
 
     def _decoded(self, splits: dict[str, Dataset]) -> dict[str, Dataset]:
         """The splits of the DataLoader path, their photos decoded once at the training size when
-        ``decoded_cache`` asks for it (``cnnlab.data.resized``)."""
+        ``decoded_cache`` asks for it (``cnnlab.data.resized``): the shorter side at ``resize_size`` before
+        a centre crop (``crop``), at ``image_size`` where evaluation resizes to it (``resize``,
+        segmentation)."""
+        geometry = self.spec.eval_geometry
         return resized.serve(
             splits,
             self.decoded_cache,
-            self.resize_size,
-            self.spec.eval_geometry,
+            self.image_size if geometry == "resize" else self.resize_size,
+            geometry,
             self.cache_dir(),
             self.num_workers,
         )

@@ -69,6 +69,11 @@ class MaskFolder(Dataset):
         self._check_classes(mask_path, mask.unique().tolist())
         return tv_tensors.Image(image), {"mask": tv_tensors.Mask(mask)}
 
+    @property
+    def read_options(self) -> dict[str, Any]:
+        """What changes the items read from the same files (the decoded cache's name holds it)."""
+        return {"binary_masks": self.binary_masks}
+
     # --- helpers -----------------------------------------------------------------------------------------
 
     def _as_classes(self, values: Sequence[int]) -> tuple[int, ...]:
@@ -211,6 +216,9 @@ class MaskFolderDataModule(NamesAbsentClasses, ImageDataModule):
         self.test_root = Path(test_root).expanduser() if test_root is not None else None
         self.test_fraction = test_fraction
         self._pool: dict[str, Dataset] = {}
+
+    def cache_dir(self) -> Path | None:
+        return self.root
 
     def load_split(self, split: str) -> Dataset:
         if not self._pool:

@@ -228,8 +228,8 @@ def files_of(base: Dataset) -> list[tuple[Path, ...]]:
 
 def cache_file(cache_dir: Path, kind: str, base: Dataset, size: int, *parts: Any) -> Path | None:
     """Where the ``kind`` cache of ``base`` at ``size`` px lives: ``.cnnlab_<kind>_<size>px_<which>_<state>``,
-    ``which`` naming its files (paths), channels and ``parts``, ``state`` the files' sizes and times; None
-    when it is not read from files. A changed file gives the same ``which`` and another ``state``."""
+    ``which`` naming its files (paths), how they are read and ``parts``, ``state`` the files' sizes and
+    times; None when it is not read from files. A changed file gives the same ``which``, another ``state``."""
     files = files_of(base)
     if not files:
         return None
@@ -239,8 +239,9 @@ def cache_file(cache_dir: Path, kind: str, base: Dataset, size: int, *parts: Any
         paths.append(str(path))
         # the change time too: a file rewritten with its size and modification time put back is still seen
         stamps.append((stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns))
-    channels = getattr(base, "channels", "")
-    which = hashlib.sha1(json.dumps([*parts, channels, paths]).encode()).hexdigest()[:12]
+    # what else changes the items read from the same files: the channels, a dataset's own reading options
+    reading = [getattr(base, "channels", ""), getattr(base, "read_options", None)]
+    which = hashlib.sha1(json.dumps([*parts, *reading, paths]).encode()).hexdigest()[:12]
     state = hashlib.sha1(json.dumps(stamps).encode()).hexdigest()[:12]
     return cache_dir / f".cnnlab_{kind}_{size}px_{which}_{state}"
 

@@ -61,10 +61,14 @@ def choice(value: Any) -> str:
 
 class ResizedFiles(Dataset):
     """The items of a file-backed dataset read from its decoded cache: the image (and mask) at the cached
-    size, the other targets as the dataset gives them."""
+    size, the other targets as the dataset gives them.
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
+    It stands in for that dataset (``base``): what the dataset tells of its files (``samples``, the classes
+    its masks hold) is read from it, so checks and warnings over the splits see the same reader.
+    """
+
+    def __init__(self, path: Path, base: Dataset | None = None) -> None:
+        self.path, self.base = path, base
         with open(path, "rb") as file:
             file.seek(-16, os.SEEK_END)
             length, magic = struct.unpack("<Q8s", file.read(16))
@@ -85,6 +89,12 @@ class ResizedFiles(Dataset):
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_pixels": None}
+
+    def __getattr__(self, name: str) -> Any:
+        base = self.__dict__.get("base")  # absent while a pickled copy is restored
+        if base is None or name.startswith("__"):
+            raise AttributeError(name)
+        return getattr(base, name)
 
     def __getitem__(self, index: int) -> tuple[tv_tensors.Image, Any]:
         if self._pixels is None:
@@ -159,7 +169,7 @@ def build(base: Dataset, size: int, path: Path, num_workers: int) -> ResizedFile
         tmp.replace(path)  # atomic: DDP ranks may build it at the same time
     finally:
         tmp.unlink(missing_ok=True)
-    return ResizedFiles(path)
+    return ResizedFiles(path, base)
 
 
 def serve(
@@ -212,7 +222,7 @@ def _open_or_build(
         stem = memory.cache_file(cache_dir, "resized", base, size, MAGIC.decode().strip())  # layout in name
         assert stem is not None  # the bases are read from files
         path = stem.with_name(stem.name + ".u8")
-        found = _read(path, len(base)) if path.is_file() else None  # type: ignore[arg-type]
+        found = _read(path, base) if path.is_file() else None
         if found is None and not writable:
             return None
         if found is None:
@@ -237,8 +247,8 @@ def _unsuitable(
     """Why the decoded cache does not serve these datasets (auto also asks whether it pays), or None."""
     if not bases:
         return "the data is not read from image files"
-    if geometry != "crop":
-        return f"the task shapes evaluation images by {geometry!r}, and the cache holds the resize of 'crop'"
+    if geometry not in ("crop", "resize"):
+        return f"the task shapes evaluation images by {geometry!r}; the cache holds a shorter side's resize"
     if cache_dir is None:
         return "the datamodule names no folder beside its files"
     if option == "true":
@@ -263,10 +273,10 @@ def _unsuitable(
     return None
 
 
-def _read(path: Path, count: int) -> ResizedFiles | None:
-    """The cache at ``path`` of ``count`` items, or None when it is unreadable (it is then built again)."""
+def _read(path: Path, base: Dataset) -> ResizedFiles | None:
+    """The cache at ``path`` of ``base``'s items, or None when it is unreadable (it is then built again)."""
     try:
-        found = ResizedFiles(path)
+        found, count = ResizedFiles(path, base), len(base)  # type: ignore[arg-type]
         if len(found) != count:
             raise ValueError(f"it holds {len(found)} images, not {count}")
         return found

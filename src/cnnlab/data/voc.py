@@ -302,6 +302,10 @@ class VOCSegmentationDataModule(NamesAbsentClasses, ImageDataModule):
         self.splits = {"train": train_split, "test": test_split}
         self._set_class_names(["background", *VOC_CLASSES])
 
+    def cache_dir(self) -> Path | None:
+        assert self.root is not None
+        return year_folder(self.root, self.year)
+
     def download(self) -> None:
         """Download and unpack VOC into ``root`` when it is missing and downloads are allowed."""
         assert self.root is not None
