@@ -253,7 +253,7 @@ def drop_stale(cache: Path) -> None:
     for old in cache.parent.glob(f"{stem}*"):
         if old.name != cache.name and old.suffix == cache.suffix:
             try:
-                old.unlink()
+                old.unlink(missing_ok=True)  # another process (a DDP rank) may have removed it first
                 log.info("data: removed %s, a decoded cache of files that changed since", old)
             except OSError as err:  # only disk space: the run goes on
                 log.warning("data: could not remove the stale cache %s (%s)", old, err)
