@@ -277,10 +277,8 @@ def bench_job(
         root = make_folder((out.parent / "data" / f"folder_{count}_{size}px").resolve(), count, size)
         overrides.append(f"data.root={root}")
     cfg = compose(overrides)
-    if "folder" in job:  # the plain loop trains at the run's size, which may be below the files' size
-        data, decode = folder_data(root, int(cfg.data.image_size))
-    else:
-        data, decode = digits_data()
+    # the plain loop trains at the run's size, which may be below the files' size
+    data, decode = folder_data(root, int(cfg.data.image_size)) if "folder" in job else digits_data()
     variants = {name: (extra, ROOT) for name, extra in job.get("variants", {"cnnlab": []}).items()}
     if baseline is not None:
         variants.update({f"baseline {v}": (extra, baseline) for v, (extra, _) in list(variants.items())})

@@ -247,6 +247,6 @@ def test_a_datasets_reading_options_name_a_cache_of_their_own(tmp_path: Path) ->
 
     for name in ("a.png", "a_mask.png"):
         Image.new("L", (4, 4)).save(tmp_path / name)
-    plain, binary = (memory.cache_file(tmp_path, "resized", Files(b), 8) for b in (False, True))
+    plain, binary = (memory.cache_file(tmp_path, "resized", Files(b), 8, suffix=".u8") for b in (False, True))
     assert plain is not None and binary is not None and plain != binary  # 255 is class 1 in one of them
-    assert plain == memory.cache_file(tmp_path, "resized", Files(False), 8)
+    assert plain == memory.cache_file(tmp_path, "resized", Files(False), 8, suffix=".u8")

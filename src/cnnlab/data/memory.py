@@ -138,8 +138,7 @@ def decode_base(
         if images.shape[-2:] == (size, size):
             return images, targets
         return torch.stack([square(image, size) for image in images]), targets
-    stem = cache_file(cache_dir, "decoded", base, size, list(keys)) if cache_dir is not None else None
-    cache = stem.with_name(stem.name + ".pt") if stem is not None else None
+    cache = cache_file(cache_dir, "decoded", base, size, list(keys), suffix=".pt") if cache_dir else None
     if cache is not None and cache.is_file():
         try:
             stored = torch.load(cache, weights_only=True)
@@ -226,10 +225,10 @@ def files_of(base: Dataset) -> list[tuple[Path, ...]]:
     ]
 
 
-def cache_file(cache_dir: Path, kind: str, base: Dataset, size: int, *parts: Any) -> Path | None:
-    """Where the ``kind`` cache of ``base`` at ``size`` px lives: ``.cnnlab_<kind>_<size>px_<which>_<state>``,
-    ``which`` naming its files (paths), how they are read and ``parts``, ``state`` the files' sizes and
-    times; None when it is not read from files. A changed file gives the same ``which``, another ``state``."""
+def cache_file(cache_dir: Path, kind: str, base: Dataset, size: int, *parts: Any, suffix: str) -> Path | None:
+    """Where the ``kind`` cache of ``base`` at ``size`` px lives: ``.cnnlab_<kind>_<size>px_<which>_<state>``
+    and ``suffix``, ``which`` naming its files (paths), how they are read and ``parts``, ``state`` the files'
+    sizes and times; None when it is not read from files. A changed file: the same ``which``, a new state."""
     files = files_of(base)
     if not files:
         return None
@@ -243,7 +242,7 @@ def cache_file(cache_dir: Path, kind: str, base: Dataset, size: int, *parts: Any
     reading = [getattr(base, "channels", ""), getattr(base, "read_options", None)]
     which = hashlib.sha1(json.dumps([*parts, *reading, paths]).encode()).hexdigest()[:12]
     state = hashlib.sha1(json.dumps(stamps).encode()).hexdigest()[:12]
-    return cache_dir / f".cnnlab_{kind}_{size}px_{which}_{state}"
+    return cache_dir / f".cnnlab_{kind}_{size}px_{which}_{state}{suffix}"
 
 
 def drop_stale(cache: Path) -> None:

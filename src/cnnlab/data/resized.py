@@ -219,9 +219,9 @@ def _open_or_build(
     started, cached, built = time.perf_counter(), {}, 0
     writable = os.access(cache_dir, os.W_OK)
     for base in bases:
-        stem = memory.cache_file(cache_dir, "resized", base, size, MAGIC.decode().strip())  # layout in name
-        assert stem is not None  # the bases are read from files
-        path = stem.with_name(stem.name + ".u8")
+        # the layout in the name too; the bases are read from files, so there is a name
+        path = memory.cache_file(cache_dir, "resized", base, size, MAGIC.decode().strip(), suffix=".u8")
+        assert path is not None
         found = _read(path, base) if path.is_file() else None
         if found is None and not writable:
             return None
@@ -276,9 +276,9 @@ def _unsuitable(
 def _read(path: Path, base: Dataset) -> ResizedFiles | None:
     """The cache at ``path`` of ``base``'s items, or None when it is unreadable (it is then built again)."""
     try:
-        found, count = ResizedFiles(path, base), len(base)  # type: ignore[arg-type]
-        if len(found) != count:
-            raise ValueError(f"it holds {len(found)} images, not {count}")
+        found = ResizedFiles(path, base)
+        if len(found) != len(base):  # type: ignore[arg-type]
+            raise ValueError(f"it holds {len(found)} images, not {len(base)}")  # type: ignore[arg-type]
         return found
     except (OSError, ValueError, KeyError, struct.error) as err:
         log.warning("data: the decoded cache %s is unreadable (%s); decoding again", path, err)
