@@ -1,4 +1,5 @@
-"""The training loss a user watches: every step on a progress bar, whatever the logging interval."""
+"""The losses and metrics a user watches: the training loss every step on a progress bar, whatever the logging
+interval; epoch values computed from batched updates that match step-by-step ones."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ from typing import Any
 
 import lightning.pytorch as L
 import pytest
+import torch
+import torch.nn.functional as F
 
 from cnnlab.train import build
 
@@ -40,3 +43,44 @@ def test_a_progress_bar_shows_every_steps_loss(make_cfg, make_trainer) -> None:
     assert len(seen.shown) == 3
     assert seen.shown == pytest.approx(seen.losses)
     assert "train/loss_epoch" in trainer.callback_metrics
+
+
+def test_validation_and_test_losses_are_the_batch_weighted_means_of_their_epoch(
+    make_cfg, make_trainer
+) -> None:
+    # 144 validation and 359 test images in batches of 50: uneven last batches weigh less
+    cfg = make_cfg("data.batch_size=50")
+    datamodule, task = build(cfg)
+    trainer = make_trainer(limit_train_batches=3, num_sanity_val_steps=2, max_epochs=2)
+    trainer.fit(task, datamodule=datamodule)
+    logged = float(trainer.callback_metrics["val/loss"])
+    trainer.test(task, datamodule=datamodule)
+    tested = float(trainer.callback_metrics["test/loss"])
+
+    task.eval()
+    with torch.no_grad():
+        for loader, shown in ((datamodule.val_dataloader(), logged), (datamodule.test_dataloader(), tested)):
+            sums = [(float(F.cross_entropy(task(x), y)) * len(y), len(y)) for x, y in loader]
+            assert len({n for _, n in sums}) == 2  # the last batch is smaller
+            assert shown == pytest.approx(sum(s for s, _ in sums) / sum(n for _, n in sums), rel=1e-5)
+
+
+def test_metric_updates_wait_and_compute_what_step_by_step_updates_do(make_cfg, monkeypatch) -> None:
+    from cnnlab.tasks import base
+
+    monkeypatch.setattr(base, "PENDING_VALUES", 200)  # 10 classes: the third batch of 8 hands them over
+    _, task = build(make_cfg())
+    reference = task.val_metrics.clone()
+    generator = torch.Generator().manual_seed(0)
+    for step in range(7):
+        scores = torch.randn(8, 10, generator=generator, requires_grad=True)
+        labels = torch.randint(0, 10, (8,), generator=generator)
+        task.update_metrics(task.val_metrics, scores, labels)
+        reference.update(scores.detach(), labels)
+        handed = any(m.update_called for m in task.val_metrics.values())
+        assert handed == (step >= 2), step
+    task.flush_metrics(task.val_metrics)  # what log_epoch_metrics does before computing
+    got, expected = task.val_metrics.compute(), reference.compute()
+    assert got.keys() == expected.keys() and {"val/acc", "val/f1", "val/acc_top5"} <= set(got)
+    for key in expected:
+        assert torch.equal(got[key], expected[key]), key

@@ -171,9 +171,11 @@ class AutoencoderTask(BaseTask):
         return self(images)
 
     def on_validation_epoch_end(self) -> None:
+        super().on_validation_epoch_end()
         self._log_gain("val")
 
     def on_test_epoch_end(self) -> None:
+        super().on_test_epoch_end()
         self._log_gain("test")
 
     def _evaluate(
@@ -186,9 +188,7 @@ class AutoencoderTask(BaseTask):
         inputs = self.corrupt(images, generator)
         reconstructions = self(inputs)
         n = len(images)
-        self.log(
-            f"{split}/loss", self.loss(reconstructions, images), prog_bar=True, batch_size=n, sync_dist=True
-        )
+        self.log_eval_loss(split, self.loss(reconstructions, images), n)
         quality = getattr(self, f"{split}_quality")
         quality.update(reconstructions, images)
         self.log_dict(quality, prog_bar=split == "val", batch_size=n)

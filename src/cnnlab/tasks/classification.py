@@ -118,7 +118,7 @@ class ClassificationTask(BaseTask):
         loss = self.loss(output, labels, images)
         self.log_train_loss(loss, len(images))
         if labels.dim() == 1:  # soft (mixed) labels have no accuracy to speak of
-            self.train_metrics.update(self.scores(output), labels)  # logged once per epoch (BaseTask)
+            self.update_metrics(self.train_metrics, self.scores(output), labels)  # logged once an epoch
         return loss
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
@@ -138,7 +138,7 @@ class ClassificationTask(BaseTask):
         images, labels = batch
         output = self(images)
         loss = self.loss(output, labels, images)
-        self.log(f"{split}/loss", loss, prog_bar=True, batch_size=len(images), sync_dist=True)
+        self.log_eval_loss(split, loss, len(images))
         scores = self.scores(output)
-        metrics.update(scores, labels)  # logged once per epoch (BaseTask)
+        self.update_metrics(metrics, scores, labels)  # logged once per epoch (BaseTask)
         return scores

@@ -123,9 +123,11 @@ class DetectionTask(BaseTask):
         return self(images)
 
     def on_validation_epoch_end(self) -> None:
+        super().on_validation_epoch_end()
         self._log_map("val", self.val_map)
 
     def on_test_epoch_end(self) -> None:
+        super().on_test_epoch_end()
         self._log_map("test", self.test_map)
 
     # --- helpers -----------------------------------------------------------------------------------------
@@ -137,7 +139,7 @@ class DetectionTask(BaseTask):
         detections = self.net(images)
         with losses_in_eval_mode(self.net):
             losses = self.net(images, [trainable(t) for t in targets])
-        self.log(f"{split}/loss", sum(losses.values()), prog_bar=True, batch_size=len(images), sync_dist=True)
+        self.log_eval_loss(split, sum(losses.values()), len(images))
         metric.update(detections, [scored(t) for t in targets])
         return {"detections": [{k: v.detach() for k, v in found.items()} for found in detections]}
 

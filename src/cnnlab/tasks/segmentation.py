@@ -165,9 +165,7 @@ class SegmentationTask(BaseTask):
     ) -> Tensor:
         images, mask = batch[0], batch[1]["mask"]
         scores = self(images)
-        self.log(
-            f"{split}/loss", self.loss(scores, mask), prog_bar=True, batch_size=len(images), sync_dist=True
-        )
+        self.log_eval_loss(split, self.loss(scores, mask), len(images))
         preds = scores.argmax(1)
         metrics.update(preds, mask)  # logged once per epoch (BaseTask)
         return preds
