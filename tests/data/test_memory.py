@@ -47,6 +47,20 @@ def test_small_data_is_held_in_memory_and_evaluates_as_the_dataloader_does() -> 
     assert len(fast.test_dataloader()) == len(slow.test_dataloader())
 
 
+def test_a_set_of_tensors_is_resized_in_chunks_as_each_image_alone() -> None:
+    images = torch.randint(0, 256, (1100, 3, 30, 40), dtype=torch.uint8)  # more than one chunk
+
+    class Tensors(torch.utils.data.Dataset):
+        labels = torch.arange(1100) % 7
+
+        def __init__(self) -> None:
+            self.images = images
+
+    got, targets = memory.decode_base(Tensors(), 24, ("label",), num_workers=0, cache_dir=None)
+    assert torch.equal(got, torch.stack([memory.square(image, 24) for image in images]))
+    assert got.shape == (1100, 3, 24, 24) and torch.equal(targets["label"], Tensors.labels)
+
+
 def test_the_order_and_augmentation_follow_seed_and_epoch() -> None:
     aug = functools.partial(T.basic, hflip=0.5, padding=2)
 

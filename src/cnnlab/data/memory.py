@@ -96,7 +96,8 @@ class Decoded:
 
 
 def square(image: Tensor, size: int) -> Tensor:
-    """A uint8 image (C, H, W) with its shorter side at ``size`` and centre-cropped square (uint8)."""
+    """A uint8 image (C, H, W), or a batch of them, with its shorter side at ``size`` and centre-cropped
+    square (uint8)."""
     if image.dtype != torch.uint8:
         raise NotInMemory(f"its images are {image.dtype}, and the in-memory path holds 8-bit images")
     if image.shape[-2:] == (size, size):
@@ -105,7 +106,7 @@ def square(image: Tensor, size: int) -> Tensor:
 
 
 def shorter_side(image: Tensor, size: int) -> Tensor:
-    """A uint8 image (C, H, W) with its shorter side resized to ``size`` (uint8)."""
+    """A uint8 image (C, H, W), or a batch of them, with its shorter side resized to ``size`` (uint8)."""
     if min(image.shape[-2:]) == size:
         return image
     # resized as Evaluate does (in float, with antialiasing), then rounded back to 8 bits
@@ -137,7 +138,9 @@ def decode_base(
         targets = {"label": torch.as_tensor(labels, dtype=torch.long)} if keys else {}
         if images.shape[-2:] == (size, size):
             return images, targets
-        return torch.stack([square(image, size) for image in images]), targets
+        # a resize call per chunk rather than per image (digits: 0.10 s -> 0.003 s), each image resized on
+        # its own all the same; chunks bound the float copy
+        return torch.cat([square(chunk, size) for chunk in images.split(1024)]), targets
     cache = cache_file(cache_dir, "decoded", base, size, list(keys), suffix=".pt") if cache_dir else None
     if cache is not None and cache.is_file():
         try:
