@@ -1,8 +1,9 @@
 """cnnlab against a plain PyTorch loop doing the same work: ``python scripts/bench.py`` (``make bench``).
 
-Each job runs through ``python train.py`` (a process of its own, as a user runs it) and as a plain loop in
-this process (same network, optimiser, schedule, batch size and epochs, validation every epoch, a test at
-the end), alternating, ``--repeats`` times. It prints the images/s of each, their ratio, and the phase table
+Each job runs through ``python train.py`` and as a plain loop (same network, optimiser, schedule, batch size
+and epochs, validation every epoch, a test at the end), each in a process of its own as a user runs them,
+alternating, ``--repeats`` times: one process on a machine runs the same loop up to 1.5x faster than the
+next, so both sides sample fresh processes. It prints the images/s of each, their ratio, and the phase table
 of a whole run: start (interpreter, imports and Hydra), config, data, fit, test, export and exit, beside the
 floor that ``python -c "import torch, lightning"`` sets. Jobs:
 
@@ -263,11 +264,8 @@ JOBS: dict[str, dict[str, Any]] = {
 }
 
 
-def bench_job(
-    name: str, out: Path, repeats: int, device: str = "cpu", baseline: Path | None = None
-) -> dict[str, Any]:
-    """Alternate the plain loop and cnnlab's run(s) of one job (and the baseline checkout's); every
-    measurement kept."""
+def job_overrides(name: str, out: Path, device: str) -> list[str]:
+    """The job's overrides of the run's config on ``device`` (its generated folder written once)."""
     job = JOBS[name]
     overrides = list(job["overrides"])
     if not device.startswith("cuda"):  # a GPU job on the CPU: the same work in full precision
@@ -276,16 +274,49 @@ def bench_job(
         count, size = job["folder"]
         root = make_folder((out.parent / "data" / f"folder_{count}_{size}px").resolve(), count, size)
         overrides.append(f"data.root={root}")
+    return overrides
+
+
+def plain_job(name: str, out: Path, device: str) -> dict[str, Any]:
+    """The plain loop of one job, in this process: its data read, then trained and tested."""
+    overrides = job_overrides(name, out, device)
     cfg = compose(overrides)
     # the plain loop trains at the run's size, which may be below the files' size
-    data, decode = folder_data(root, int(cfg.data.image_size)) if "folder" in job else digits_data()
+    if "folder" in JOBS[name]:
+        root = Path(next(o for o in overrides if o.startswith("data.root=")).split("=", 1)[1])
+        data, decode = folder_data(root, int(cfg.data.image_size))
+    else:
+        data, decode = digits_data()
+    return {**plain_fit(cfg, data, int(JOBS[name]["epochs"]), device), "decode": decode}
+
+
+def run_plain(name: str, out: Path, device: str) -> dict[str, Any]:
+    """The plain loop in a process of its own, as cnnlab's run is: the speed of one process on this
+    machine varies by more than the difference measured (the same loop: 3.9 s in one, 5.7 s in another),
+    so each side samples fresh processes alike."""
+    command = [sys.executable, __file__, "--plain-loop", name, "--out", str(out), "--device", device]
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"bench: the plain loop of {name} failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def bench_job(
+    name: str, out: Path, repeats: int, device: str = "cpu", baseline: Path | None = None
+) -> dict[str, Any]:
+    """Alternate the plain loop and cnnlab's run(s) of one job (and the baseline checkout's), each a
+    process of its own; every measurement kept."""
+    job = JOBS[name]
+    overrides = job_overrides(name, out, device)
     variants = {name: (extra, ROOT) for name, extra in job.get("variants", {"cnnlab": []}).items()}
     if baseline is not None:
         variants.update({f"baseline {v}": (extra, baseline) for v, (extra, _) in list(variants.items())})
-    result: dict[str, Any] = {"plain": [], "floor": [], "decode": decode, **{v: [] for v in variants}}
+    result: dict[str, Any] = {"plain": [], "floor": [], **{v: [] for v in variants}}
     for r in range(repeats):
         result["floor"].append(import_floor())
-        result["plain"].append(plain_fit(cfg, data, int(job["epochs"]), device))
+        result["plain"].append(run_plain(name, out, device))
+        fit = result["plain"][-1]["fit"]
+        print(f"bench: {name} plain loop run {r + 1}/{repeats}: fit {fit:.1f} s", flush=True)
         for variant, (extra, checkout) in variants.items():
             folder = out / "runs" / f"{name}_{variant.replace(' ', '_')}_{r}"
             try:
@@ -302,6 +333,7 @@ def bench_job(
             )
     for variant in [v for v in variants if not result[v]]:
         del result[variant]
+    result["decode"] = statistics.median(p["decode"] for p in result["plain"])
     result["train_images"] = result["plain"][0]["train_images"]
     result["epochs"] = int(job["epochs"])
     return result
@@ -355,7 +387,13 @@ def main(argv: list[str] | None = None) -> None:
         default=None,
         help="another checkout of cnnlab, run alternately as a third side",
     )
+    # what each repeat runs in a process of its own: one job's plain loop, its figures as JSON on stdout
+    parser.add_argument("--plain-loop", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.plain_loop is not None:
+        torch.set_num_threads(torch.get_num_threads())
+        print(json.dumps(plain_job(args.plain_loop, args.out, args.device)))
+        return
     unknown = [j for j in args.jobs.split(",") if j not in JOBS]
     if unknown:
         parser.error(f"unknown job(s) {', '.join(unknown)}: choose from {', '.join(JOBS)}")

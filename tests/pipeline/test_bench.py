@@ -55,6 +55,8 @@ def test_a_job_alternates_plain_cnnlab_and_a_baseline_checkout(bench: ModuleType
     # this checkout as its own baseline: the path a before/after comparison takes
     bench.main(["--jobs", "digits", "--repeats", "1", "--out", str(tmp_path), "--baseline", str(ROOT)])
     results = json.loads((tmp_path / "results.json").read_text())["digits"]
+    (plain,) = results["plain"]  # from a process of its own, as the runs are
+    assert plain["test_acc"] > 0.9 and plain["fit"] > 0 and plain["train_images"] == 1294
     for side in ("cnnlab", "baseline cnnlab"):
         (run,) = results[side]
         assert run["metrics"]["test/acc"] > 0.9
