@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import gc
 import logging
 import os
 import sys
@@ -227,6 +228,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         runs.save_config(cfg, output_dir)
         runs.write_bad_files(output_dir, getattr(datamodule, "bad_files", []))
 
+    resume_collection()
     with interruptible(trainer, output_dir), phase("fit"):
         # weights_only: a checkpoint holds plain values and tensors, never code to run
         trainer.fit(task, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
@@ -393,10 +395,29 @@ def interrupted_message(output_dir: Path, trainer: L.Trainer | None) -> str:
     return f"interrupted{where}, before its first checkpoint: nothing to resume, run it again"
 
 
+#: whether ``run`` holds garbage collection back while the run starts
+_collection_held = False
+
+
 def run() -> None:
     """Console entry point: ``main``, then the process ends as soon as the run is written."""
+    global _collection_held
+    # imports and the run's setup make about half a million objects that live as long as the process, and
+    # each full collection walks them all (0.1-0.3 s each, 1.1 s of a 13 s digits run): none while the run
+    # starts, then they are frozen out of every later collection (what gc.freeze's documentation advises)
+    gc.disable()
+    _collection_held = True
     main()
     leave()
+
+
+def resume_collection() -> None:
+    """Freeze what the start made and collect garbage again, before training (once, after ``run``)."""
+    global _collection_held
+    if _collection_held:
+        gc.freeze()
+        gc.enable()
+        _collection_held = False
 
 
 def leave(code: int = 0) -> None:

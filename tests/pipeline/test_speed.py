@@ -127,3 +127,44 @@ def test_a_compiled_network_trains_and_checkpoints_the_plain_one(make_cfg, caplo
     keys = torch.load(best, weights_only=True)["state_dict"]
     assert keys and not any("_orig_mod" in k for k in keys)
     assert record["test/acc"] > 0.3 and record["export"] is not None
+
+
+def test_the_command_line_collects_no_garbage_while_it_starts_and_freezes_what_the_start_made(
+    monkeypatch,
+) -> None:
+    import gc
+
+    from cnnlab import train as entry
+
+    seen: dict[str, object] = {}
+
+    def fake_main() -> None:  # what main() does between the two: the run's start, then its training
+        seen["while starting"] = gc.isenabled()
+        entry.resume_collection()
+        seen["while training"] = gc.isenabled()
+        seen["frozen"] = gc.get_freeze_count()
+        entry.resume_collection()  # a sweep's next job: nothing more to do
+        seen["second job"] = gc.isenabled()
+
+    monkeypatch.setattr(entry, "main", fake_main)
+    monkeypatch.setattr(entry, "leave", lambda code=0: None)
+    try:
+        entry.run()
+    finally:
+        gc.unfreeze()
+        gc.enable()
+    assert seen["while starting"] is False
+    assert seen["while training"] is True and seen["second job"] is True
+    assert isinstance(seen["frozen"], int) and seen["frozen"] > 10_000  # the imports' objects
+
+
+def test_a_run_from_python_leaves_garbage_collection_alone(make_cfg) -> None:
+    import gc
+
+    cfg = make_cfg(*QUICK, "trainer.max_epochs=1", "test=false")
+    gc.disable()  # the caller's choice, kept
+    try:
+        train(cfg)
+        assert not gc.isenabled() and gc.get_freeze_count() == 0
+    finally:
+        gc.enable()
