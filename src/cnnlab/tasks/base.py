@@ -218,8 +218,9 @@ class BaseTask(L.LightningModule):
         ``PENDING_VALUES`` of them are there or the metrics are computed (``log_epoch_metrics``)."""
         batches, count = self._pending.get(id(metrics), ([], 0))  # the task's own collections: ids stay
         batches.append(tuple(v.detach() for v in values))
-        self._pending[id(metrics)] = (batches, count + values[0].numel())
-        if count + values[0].numel() >= PENDING_VALUES:
+        count += values[0].numel()
+        self._pending[id(metrics)] = (batches, count)
+        if count >= PENDING_VALUES:
             self.flush_metrics(metrics)
 
     def flush_metrics(self, metrics: Any) -> None:
