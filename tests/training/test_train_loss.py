@@ -84,3 +84,34 @@ def test_metric_updates_wait_and_compute_what_step_by_step_updates_do(make_cfg, 
     assert got.keys() == expected.keys() and {"val/acc", "val/f1", "val/acc_top5"} <= set(got)
     for key in expected:
         assert torch.equal(got[key], expected[key]), key
+
+
+def test_autoencoder_quality_is_the_epochs_psnr_and_ssim_over_every_validation_image(
+    make_cfg, make_trainer
+) -> None:
+    from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
+
+    cfg = make_cfg(
+        "experiment=ae_denoise_digits", "model.widths=[4,8]", "data.train_per_class=20", "data.batch_size=32"
+    )
+    datamodule, task = build(cfg)
+    # the sanity check's two batches and the first epoch's must not reach the second epoch's values
+    trainer = make_trainer(limit_train_batches=2, num_sanity_val_steps=2, max_epochs=2)
+    trainer.fit(task, datamodule=datamodule)
+    logged = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+
+    task.eval()
+    psnr, ssim = PeakSignalNoiseRatio(data_range=1.0), StructuralSimilarityIndexMeasure(data_range=1.0)
+    noisy = PeakSignalNoiseRatio(data_range=1.0)
+    with torch.no_grad():
+        for i, (images, _) in enumerate(datamodule.val_dataloader()):
+            # the task's own noise for this batch: the same in every epoch
+            generator = torch.Generator().manual_seed(int(cfg.seed) * 100_003 + i)
+            inputs = task.corrupt(images, generator)
+            psnr.update(task(inputs), images)
+            ssim.update(task(inputs), images)
+            noisy.update(inputs, images)
+    assert logged["val/psnr"] == pytest.approx(float(psnr.compute()), rel=1e-5)
+    assert logged["val/ssim"] == pytest.approx(float(ssim.compute()), rel=1e-5)
+    assert logged["val/psnr_noisy"] == pytest.approx(float(noisy.compute()), rel=1e-5)
+    assert logged["val/psnr_gain"] == pytest.approx(logged["val/psnr"] - logged["val/psnr_noisy"], abs=1e-4)

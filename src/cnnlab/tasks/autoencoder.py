@@ -172,11 +172,11 @@ class AutoencoderTask(BaseTask):
 
     def on_validation_epoch_end(self) -> None:
         super().on_validation_epoch_end()
-        self._log_gain("val")
+        self._log_quality("val")
 
     def on_test_epoch_end(self) -> None:
         super().on_test_epoch_end()
-        self._log_gain("test")
+        self._log_quality("test")
 
     def _evaluate(
         self, batch: tuple[Tensor, dict[str, Tensor]], batch_idx: int, split: str
@@ -189,16 +189,26 @@ class AutoencoderTask(BaseTask):
         reconstructions = self(inputs)
         n = len(images)
         self.log_eval_loss(split, self.loss(reconstructions, images), n)
-        quality = getattr(self, f"{split}_quality")
-        quality.update(reconstructions, images)
-        self.log_dict(quality, prog_bar=split == "val", batch_size=n)
+        # updated every step, computed and logged once an epoch (_log_quality)
+        getattr(self, f"{split}_quality").update(reconstructions, images)
         if self.denoise:
-            noisy = getattr(self, f"{split}_noisy")
-            noisy.update(inputs, images)
-            self.log_dict(noisy, batch_size=n)
+            getattr(self, f"{split}_noisy").update(inputs, images)
         return {"images": images, "inputs": inputs, "reconstructions": reconstructions, "targets": targets}
 
-    def _log_gain(self, split: str) -> None:
+    def _begin_epoch(self, split: str) -> None:
+        super()._begin_epoch(split)
+        for name in (f"{split}_quality", f"{split}_noisy"):
+            if hasattr(self, name):
+                getattr(self, name).reset()
+
+    def _log_quality(self, split: str) -> None:
+        """PSNR and SSIM of the epoch (and of the noisy inputs, and the gain, in denoise mode)."""
+        quality = getattr(self, f"{split}_quality")
+        gain = None
+        if self.denoise and quality["psnr"].update_called:  # computed before logging resets them
+            gain = quality["psnr"].compute() - getattr(self, f"{split}_noisy")["psnr"].compute()
+        self.log_epoch_metrics(quality, prog_bar=split == "val")
         if self.denoise:
-            psnr, noisy = getattr(self, f"{split}_quality")["psnr"], getattr(self, f"{split}_noisy")["psnr"]
-            self.log(f"{split}/psnr_gain", psnr.compute() - noisy.compute())
+            self.log_epoch_metrics(getattr(self, f"{split}_noisy"))
+        if gain is not None:
+            self.log(f"{split}/psnr_gain", gain)
