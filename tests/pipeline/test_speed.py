@@ -168,3 +168,29 @@ def test_a_run_from_python_leaves_garbage_collection_alone(make_cfg) -> None:
         assert not gc.isenabled() and gc.get_freeze_count() == 0
     finally:
         gc.enable()
+
+
+def test_a_command_line_run_collects_garbage_again_before_it_trains(make_cfg, monkeypatch) -> None:
+    import gc
+
+    import lightning.pytorch as L
+
+    from cnnlab import train as entry
+
+    seen: list[tuple[bool, int]] = []
+    fit = L.Trainer.fit
+
+    def watched(self, *args, **kwargs):  # the state training starts in
+        seen.append((gc.isenabled(), gc.get_freeze_count()))
+        return fit(self, *args, **kwargs)
+
+    monkeypatch.setattr(L.Trainer, "fit", watched)
+    cfg = make_cfg(*QUICK, "trainer.max_epochs=1", "test=false")
+    monkeypatch.setattr(entry, "_collection_held", True)  # as run() leaves it
+    gc.disable()
+    try:
+        train(cfg)
+    finally:
+        gc.unfreeze()
+        gc.enable()
+    assert len(seen) == 1 and seen[0][0] is True and seen[0][1] > 10_000
