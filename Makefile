@@ -19,8 +19,10 @@ install: $(STAMP) ## create .venv and install cnnlab (editable, with dev extras)
 train: $(STAMP) ## train the default recipe (simple CNN on the embedded digits); extra overrides via ARGS=
 	$(PY) train.py $(ARGS)
 
+# loadfile: each test file on one process, so a file's shared run (a module fixture) is trained once, not once
+# per process; the runs several files read are trained once through tests/once.py
 test: $(STAMP) ## the fast test suite
-	$(PY) -m pytest -m "not slow" -n 2 --dist worksteal $(ARGS)
+	$(PY) -m pytest -m "not slow" -n 2 --dist loadfile $(ARGS)
 
 test-all: $(STAMP) ## every test, slow ones included
 	$(PY) -m pytest -n 2 --dist worksteal $(ARGS)

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import json
 import logging
-from functools import partial
+from collections.abc import Callable
+from functools import cache, partial
 from pathlib import Path
 
 import numpy as np
@@ -98,6 +99,13 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict, list
     return out, record, records.messages
 
 
+@pytest.fixture(scope="module")
+def exported(tiny_run: tuple[Path, dict, list[str]]) -> Callable[[str], runtime.Model]:
+    """Each file of the run's export, loaded once for the tests below: reading this net's .pt2 back takes
+    seconds (torch.export parses every symbolic size of the graph)."""
+    return cache(lambda name: runtime.load(tiny_run[0] / "export" / name))
+
+
 def scalars(run: Path, tag: str) -> list[float]:
     events = EventAccumulator(str(run / "tensorboard"), size_guidance={"scalars": 0, "images": 0})
     events.Reload()
@@ -152,11 +160,11 @@ def differing(a: object, b: object) -> float:
 
 @pytest.mark.parametrize("name", FORMAT_FILES)
 def test_every_format_gives_the_class_map_of_the_checkpoint(
-    tiny_run: tuple[Path, dict, list[str]], name: str
+    tiny_run: tuple[Path, dict, list[str]], exported: Callable[[str], runtime.Model], name: str
 ) -> None:
     out, record, _ = tiny_run
     task = load_task(record["best_checkpoint"]).eval()
-    model = runtime.load(out / "export" / name)
+    model = exported(name)
     assert model.class_names == CLASSES
     datamodule = instantiate(compose_cfg(*TINY).data, spec=SegmentationTask.samples)
     datamodule.setup("test")
@@ -177,10 +185,12 @@ def test_every_format_gives_the_class_map_of_the_checkpoint(
     "name",
     ["model.pt2", "model.onnx", "model.pt"],
 )
-def test_every_format_takes_images_of_any_size(tiny_run: tuple[Path, dict, list[str]], name: str) -> None:
-    out, record, _ = tiny_run
+def test_every_format_takes_images_of_any_size(
+    tiny_run: tuple[Path, dict, list[str]], exported: Callable[[str], runtime.Model], name: str
+) -> None:
+    _, record, _ = tiny_run
     task = load_task(record["best_checkpoint"]).eval()
-    model = runtime.load(out / "export" / name)
+    model = exported(name)
     module = segmentation.wrap(task.net, task.contract).eval()  # what was exported, in eager mode
     for height, width in ((45, 71), (32, 33)):
         photo = runtime.as_batch(torch.randint(0, 256, (3, height, width), dtype=torch.uint8), 3)
