@@ -20,9 +20,10 @@ train: $(STAMP) ## train the default recipe (simple CNN on the embedded digits);
 	$(PY) train.py $(ARGS)
 
 # loadfile: each test file on one process, so a file's shared run (a module fixture) is trained once, not once
-# per process; the runs several files read are trained once through tests/once.py
+# per process (the runs several files read are trained once through tests/once.py); --no-loadscope-reorder
+# keeps the order tests/conftest.py gives, the files that build runs first, so that short files end the run
 test: $(STAMP) ## the fast test suite
-	$(PY) -m pytest -m "not slow" -n 2 --dist loadfile $(ARGS)
+	$(PY) -m pytest -m "not slow" -n 2 --dist loadfile --no-loadscope-reorder $(ARGS)
 
 test-all: $(STAMP) ## every test, slow ones included
 	$(PY) -m pytest -n 2 --dist worksteal $(ARGS)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
@@ -24,6 +25,24 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     # train.py subprocesses some tests start
     os.environ["OMP_NUM_THREADS"] = "1"
     torch.set_num_threads(1)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The test files in the order that balances make test's two processes: first the files that build a
+    run of their own (a module- or session-scoped fixture of ours), then the others, most tests first.
+
+    make test hands out whole files (``--dist loadfile --no-loadscope-reorder``) as the processes free up; a
+    long file handed out last would leave one process finishing it alone."""
+
+    def builds_a_run(item: pytest.Item) -> bool:
+        info = getattr(item, "_fixtureinfo", None)
+        defs = info.name2fixturedefs.values() if info is not None else ()
+        # ours have a baseid (the folder or file defining them); pytest's own, tmp_path_factory say, none
+        return any(d[-1].scope in ("module", "session") and d[-1].baseid for d in defs)
+
+    heavy = {item.path for item in items if builds_a_run(item)}
+    count = Counter(item.path for item in items)
+    items.sort(key=lambda item: (item.path not in heavy, -count[item.path]))  # stable within a file
 
 
 @pytest.fixture
