@@ -129,16 +129,20 @@ def test_an_offline_dataset_is_one_message_naming_the_files(tmp_path: Path) -> N
 def test_ctrl_c_marks_the_run_interrupted_with_the_command_that_resumes(tmp_path: Path) -> None:
     out = tmp_path / "run"
     env = dict(os.environ, CUDA_VISIBLE_DEVICES="")
-    inherited = signal.getsignal(signal.SIGINT)
-    proc = subprocess.Popen(
-        [sys.executable, TRAIN, "trainer.max_epochs=50", f"hydra.run.dir={out}", *QUIET],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        # Ctrl-C as a terminal delivers it: a child inherits an ignored SIGINT, which a test process may hold
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
-    )
+    # the child gets SIGINT's default action, as a terminal's foreground process has: exec resets a caught
+    # signal to it, but an ignored one (which a test process may hold) would be inherited, and Python then
+    # raises no KeyboardInterrupt
+    inherited = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, TRAIN, "trainer.max_epochs=50", f"hydra.run.dir={out}", *QUIET],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+    finally:
+        signal.signal(signal.SIGINT, inherited)
     deadline = time.monotonic() + 120
     while not (out / "checkpoints" / "last.ckpt").is_file() and time.monotonic() < deadline:
         time.sleep(0.2)
