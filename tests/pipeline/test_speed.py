@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,7 +14,7 @@ import torch
 from omegaconf import open_dict
 
 from cnnlab.config import ConfigError
-from cnnlab.train import build, train
+from cnnlab.train import MALLOC_VARIABLES, build, keep_freed_memory, train
 
 QUICK = ("model=simple_cnn", "model.widths=[8,16]", "model.head_hidden=16", "logger=none", "export=null")
 
@@ -194,3 +196,59 @@ def test_a_command_line_run_collects_garbage_again_before_it_trains(make_cfg, mo
         gc.unfreeze()
         gc.enable()
     assert len(seen) == 1 and seen[0][0] is True and seen[0][1] > 10_000
+
+
+# 32 MiB in blocks of 64 KiB, which glibc serves from its heap: touched, freed, then allocated and touched
+# again; prints whether the thresholds were set and the page faults of the second pass
+FAULTS = """
+import ctypes, resource, sys
+from cnnlab.train import keep_freed_memory
+kept = keep_freed_memory() if sys.argv[1] == "keep" else None
+libc = ctypes.CDLL(None)
+libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+libc.free.argtypes = [ctypes.c_void_p]
+def touched():
+    blocks = [libc.malloc(64 << 10) for _ in range(512)]
+    for block in blocks:
+        ctypes.memset(block, 1, 64 << 10)
+    return blocks
+for block in touched():
+    libc.free(block)
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+blocks = touched()
+print(kept, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+def freed_memory_faults(how: str) -> tuple[str, int]:
+    environment = {k: v for k, v in os.environ.items() if k not in MALLOC_VARIABLES}
+    command = [sys.executable, "-c", FAULTS, how]
+    done = subprocess.run(command, env=environment, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    kept, faults = done.stdout.split()
+    return kept, int(faults)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc thresholds")
+def test_freed_memory_serves_the_next_allocations_without_new_page_faults() -> None:
+    # glibc as it starts hands the freed heap back to the system: the second pass faults in every page again
+    assert freed_memory_faults("plain")[1] > 4000
+    kept, faults = freed_memory_faults("keep")
+    assert kept == "True" and faults < 500
+
+
+@pytest.mark.parametrize("variable", MALLOC_VARIABLES)
+def test_an_allocator_setting_of_the_users_own_is_kept(monkeypatch, variable: str) -> None:
+    monkeypatch.setenv(variable, "131072" if variable.startswith("MALLOC") else "libjemalloc.so.2")
+    assert keep_freed_memory() is False
+
+
+def test_every_job_keeps_freed_memory_before_it_starts(monkeypatch, make_cfg) -> None:
+    # the function Hydra's launchers call for each job (a Ray or Slurm worker's too), as they call it
+    from cnnlab import train as entry
+
+    calls: list[str] = []
+    monkeypatch.setattr(entry, "keep_freed_memory", lambda: calls.append("kept"))
+    monkeypatch.setattr(entry, "run_task", lambda cfg: calls.append("ran") or 0.5)
+    assert entry._hydra_main.__wrapped__(make_cfg()) == 0.5
+    assert calls == ["kept", "ran"]
