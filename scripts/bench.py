@@ -27,6 +27,7 @@ import argparse
 import json
 import math
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -55,21 +56,32 @@ def run_cnnlab(overrides: list[str], folder: Path, checkout: Path = ROOT) -> dic
         **os.environ,
         "PYTHONPATH": os.pathsep.join([str(checkout / "src"), os.environ.get("PYTHONPATH", "")]),
     }
-    launched = time.time()
+    launched, faults = time.time(), child_faults()
     done = subprocess.run(command, cwd=checkout, capture_output=True, text=True, env=env)
-    finished = time.time()
+    finished, faults = time.time(), child_faults() - faults
     if done.returncode != 0:
         raise SystemExit(f"bench: {' '.join(command)} failed:\n{done.stderr[-3000:]}")
     record = json.loads((folder / "metrics.json").read_text())
     seconds = record.get("seconds")
     if seconds is None:  # a checkout older than the phase timer: the whole run only
-        return {"wall": finished - launched, "phases": {p: math.nan for p in PHASES}, "metrics": record}
+        return {
+            "wall": finished - launched,
+            "phases": {p: math.nan for p in PHASES},
+            "metrics": record,
+            "faults": faults,
+        }
     phases = {
         "start": seconds["began"] - launched,
         **{name: seconds.get(name, 0.0) for name in ("config", "data", "fit", "test", "export")},
         "exit": finished - seconds["ended"],
     }
-    return {"wall": finished - launched, "phases": phases, "metrics": record}
+    return {"wall": finished - launched, "phases": phases, "metrics": record, "faults": faults}
+
+
+def child_faults() -> int:
+    """The minor page faults of this process's ended children so far: a run's is the difference around it
+    (a run whose memory goes back to the system every step makes several times more, and is slower)."""
+    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_minflt
 
 
 def import_floor() -> float:
@@ -295,10 +307,12 @@ def run_plain(name: str, out: Path, device: str) -> dict[str, Any]:
     machine varies by more than the difference measured (the same loop: 3.9 s in one, 5.7 s in another),
     so each side samples fresh processes alike."""
     command = [sys.executable, __file__, "--plain-loop", name, "--out", str(out), "--device", device]
+    faults = child_faults()
     done = subprocess.run(command, capture_output=True, text=True)
+    faults = child_faults() - faults
     if done.returncode != 0:
         raise SystemExit(f"bench: the plain loop of {name} failed:\n{done.stderr[-3000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return {**json.loads(done.stdout.strip().splitlines()[-1]), "faults": faults}
 
 
 def bench_job(
@@ -351,10 +365,12 @@ def summary(name: str, result: dict[str, Any]) -> list[str]:
         f"{result['train_images']} training images x {result['epochs']} epochs; medians of "
         f"{len(result['plain'])} alternating runs. Plain loop: fit {plain_fit_s:.2f} s ({plain_ips:,.0f} "
         f"images/s), test accuracy {statistics.median(p['test_acc'] for p in result['plain']):.4f}; "
-        f"`import torch, lightning` {floor:.2f} s; decoding the data once {result['decode']:.2f} s.",
+        f"`import torch, lightning` {floor:.2f} s; decoding the data once {result['decode']:.2f} s; "
+        f"{faults(result['plain'])} page faults a process.",
         "",
-        "| run | fit s | images/s | x plain | epoch s | whole run s | x (import + plain fit) | test acc |",
-        "|---|---|---|---|---|---|---|---|",
+        "| run | fit s | images/s | x plain | epoch s | whole run s | x (import + plain fit) | test acc "
+        "| page faults |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     variants = [k for k in result if isinstance(result[k], list) and k not in ("plain", "floor")]
     for variant in variants:
@@ -364,7 +380,8 @@ def summary(name: str, result: dict[str, Any]) -> list[str]:
         acc = statistics.median(r["metrics"].get("test/acc", math.nan) for r in runs)
         lines.append(
             f"| {variant} | {fit:.2f} | {images / fit:,.0f} | {plain_fit_s / fit:.2f} | "
-            f"{fit / result['epochs']:.2f} | {wall:.2f} | {wall / (floor + plain_fit_s):.2f} | {acc:.4f} |"
+            f"{fit / result['epochs']:.2f} | {wall:.2f} | {wall / (floor + plain_fit_s):.2f} | {acc:.4f} | "
+            f"{faults(runs)} |"
         )
     lines += ["", "| run | " + " | ".join(PHASES) + " | total |", "|---|" + "---|" * (len(PHASES) + 1)]
     for variant in variants:
@@ -373,6 +390,12 @@ def summary(name: str, result: dict[str, Any]) -> list[str]:
         total = statistics.median(r["wall"] for r in runs)
         lines.append(f"| {variant} | " + " | ".join(f"{c:.2f}" for c in cells) + f" | {total:.2f} |")
     return lines + [""]
+
+
+def faults(runs: list[dict[str, Any]]) -> str:
+    """The median of the runs' minor page faults, or "?" for results written before they were counted."""
+    counts = [r["faults"] for r in runs if "faults" in r]
+    return f"{statistics.median(counts) / 1000:,.0f}k" if counts else "?"
 
 
 def main(argv: list[str] | None = None) -> None:

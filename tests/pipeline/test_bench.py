@@ -57,13 +57,16 @@ def test_a_job_alternates_plain_cnnlab_and_a_baseline_checkout(bench: ModuleType
     results = json.loads((tmp_path / "results.json").read_text())["digits"]
     (plain,) = results["plain"]  # from a process of its own, as the runs are
     assert plain["test_acc"] > 0.9 and plain["fit"] > 0 and plain["train_images"] == 1294
+    assert plain["faults"] > 10_000  # the process's own: importing torch alone takes tens of thousands
     for side in ("cnnlab", "baseline cnnlab"):
         (run,) = results[side]
         assert run["metrics"]["test/acc"] > 0.9
         assert all(not math.isnan(run["phases"][p]) for p in bench.PHASES)
         assert run["wall"] >= run["phases"]["fit"] > 0
+        assert run["faults"] > 10_000
     table = (tmp_path / "results.md").read_text()
     assert "| cnnlab |" in table and "| baseline cnnlab |" in table
+    assert f"{results['cnnlab'][0]['faults'] / 1000:,.0f}k |" in table
 
 
 def test_the_decoded_cache_bench_reads_the_cache_it_built(
