@@ -21,6 +21,7 @@ from omegaconf import open_dict
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch import nn
+from torchmetrics.classification import MulticlassJaccardIndex
 from torchvision import tv_tensors
 
 from cnnlab import CONF_DIR
@@ -390,6 +391,11 @@ def test_a_mask_beyond_num_classes_names_the_setting(monkeypatch: pytest.MonkeyP
     mask = torch.full((1, 4, 4), 5)
     with pytest.raises(ConfigError, match=r"class 5 but task.num_classes=3.*set data.num_classes"):
         task.on_before_batch_transfer((torch.randn(1, 3, 4, 4), {"mask": mask}), 0)
+    mask[0, 0, 0] = -1  # some datasets mark ignored pixels -1
+    with pytest.raises(ConfigError, match=r"class -1: classes are 0 to 2, and 255 marks the pixels"):
+        task.on_before_batch_transfer((torch.randn(1, 3, 4, 4), {"mask": mask}), 0)
+    mask[:] = IGNORE_INDEX
+    task.on_before_batch_transfer((torch.randn(1, 3, 4, 4), {"mask": mask}), 0)  # ignored pixels pass
 
 
 class Predicts(nn.Module):
@@ -438,6 +444,28 @@ def test_mean_iou_and_dice_average_over_the_classes_with_pixels(
     task.validation_step((torch.zeros(1, 3, 4, 4), {"mask": mask}), 0)
     found = task.val_metrics.compute()
     assert found["val/miou"].item() == pytest.approx(miou) and found["val/dice"].item() == pytest.approx(dice)
+
+
+def test_steps_update_the_metrics_without_sorting_the_pixels(monkeypatch: pytest.MonkeyPatch) -> None:
+    """torchmetrics' own input checks sort every step's pixels (``torch.unique``); the masks are checked
+    before they reach the device instead, and the metrics still count what they count with the checks."""
+    classes = half(1, 0, corner=2)
+    task = quiet(SegmentationTask(Predicts(classes, 3), 3, OPTIMIZER, figures=False), monkeypatch)
+    batch = (torch.zeros(1, 3, 4, 4), {"mask": half(1, 0)})
+    checked = MulticlassJaccardIndex(3, average="macro", ignore_index=IGNORE_INDEX)
+    checked.update(classes, batch[1]["mask"])
+
+    def no_sorting(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a step sorted its pixels")
+
+    monkeypatch.setattr(torch, "unique", no_sorting)
+    task.training_step(batch, 0)
+    task.validation_step(batch, 0)
+    task.test_step(batch, 0)
+    for split in ("train", "val", "test"):
+        found = getattr(task, f"{split}_metrics").compute()
+        assert found[f"{split}/miou"].item() == pytest.approx(checked.compute().item())
+    assert task.test_confusion.compute().sum().item() == 16
 
 
 def test_pairing_names_the_models_and_datasets_that_fit() -> None:

@@ -71,20 +71,25 @@ class SegmentationTask(BaseTask):
         self.register_buffer(
             "class_weights", _class_weights(class_weights, self.num_classes), persistent=False
         )
-        k, ignore = self.num_classes, IGNORE_INDEX
+        # validate_args=False: torchmetrics would sort every step's pixels (torch.unique) to check their
+        # classes, which costs up to twice the update itself on a CPU and waits for a GPU; the masks are
+        # checked before they reach the device (on_before_batch_transfer) and predictions are argmaxes.
+        # Updated step by step, not batched as classification's: per-pixel costs dominate, and concatenating
+        # a few steps' pixels made the updates slower on a CPU
+        k, checked = self.num_classes, {"ignore_index": IGNORE_INDEX, "validate_args": False}
         # macro averages leave out classes that appear nowhere (neither true nor predicted) in the split
         collection = MetricCollection(
             {
-                "miou": MulticlassJaccardIndex(k, average="macro", ignore_index=ignore),
-                "dice": MulticlassF1Score(k, average="macro", ignore_index=ignore),  # F1 is the Dice score
-                "pixel_acc": MulticlassAccuracy(k, average="micro", ignore_index=ignore),
+                "miou": MulticlassJaccardIndex(k, average="macro", **checked),
+                "dice": MulticlassF1Score(k, average="macro", **checked),  # F1 is the Dice score
+                "pixel_acc": MulticlassAccuracy(k, average="micro", **checked),
             },
             compute_groups=False,  # Lightning logs each metric on its own, and shared states then go stale
         )
         self.train_metrics = collection.clone(prefix="train/")
         self.val_metrics = collection.clone(prefix="val/")
         self.test_metrics = collection.clone(prefix="test/")
-        self.test_confusion = MulticlassConfusionMatrix(k, ignore_index=ignore)
+        self.test_confusion = MulticlassConfusionMatrix(k, **checked)
 
     def figure_callbacks(self) -> list[L.Callback]:
         return [SegmentationFigures(int(self.hparams.figure_images))]
@@ -116,7 +121,12 @@ class SegmentationTask(BaseTask):
         return batch
 
     def _check_mask(self, mask: Tensor) -> None:
-        wrong = mask[(mask >= self.num_classes) & (mask != IGNORE_INDEX)]
+        wrong = mask[((mask >= self.num_classes) & (mask != IGNORE_INDEX)) | (mask < 0)]
+        if wrong.numel() and int(wrong.min()) < 0:
+            raise ConfigError(
+                f"a mask holds class {int(wrong.min())}: classes are 0 to {self.num_classes - 1}, and "
+                f"{IGNORE_INDEX} marks the pixels to ignore; map the dataset's ignore value to {IGNORE_INDEX}"
+            )
         if wrong.numel():
             raise ConfigError(
                 f"a mask holds class {int(wrong.max())} but task.num_classes={self.num_classes} (classes 0 "
