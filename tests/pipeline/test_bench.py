@@ -86,3 +86,25 @@ def test_the_decoded_cache_bench_reads_the_cache_it_built(
     with pytest.raises(SystemExit):
         script.main()
     assert "--images: at least 4" in capsys.readouterr().err
+
+
+def test_the_segmentation_metrics_bench_times_each_side_on_the_same_values(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    spec = importlib.util.spec_from_file_location("bench_seg", ROOT / "scripts" / "bench_seg_metrics.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    monkeypatch.setattr(sys, "argv", ["bench", "--sizes", "8", "12", "--batch", "2", "--classes", "3"])
+    script.main()
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("2 masks of 3 classes on cpu")
+    assert [line.split(":")[0] for line in lines[1:]] == ["8 px", "12 px"]
+    for line in lines[1:]:
+        assert line.endswith("same values: True")
+        sides = [part.rsplit(" ", 2) for part in line.split(": ", 1)[1].split(";")[0].split(", ")]
+        assert [name for name, _, _ in sides] == ["torchmetrics", "torchmetrics unchecked", "PixelScores"]
+        assert all(float(ms) > 0 and unit == "ms" for _, ms, unit in sides)
+    monkeypatch.setattr(sys, "argv", ["bench", "--classes", "1"])
+    with pytest.raises(SystemExit):
+        script.main()
+    assert "--classes: at least 2" in capsys.readouterr().err

@@ -17,12 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torchmetrics import MetricCollection
-from torchmetrics.classification import (
-    MulticlassAccuracy,
-    MulticlassConfusionMatrix,
-    MulticlassF1Score,
-    MulticlassJaccardIndex,
-)
+from torchmetrics.classification import MulticlassConfusionMatrix
 
 from cnnlab.errors import ConfigError
 from cnnlab.figures.segmentation import SegmentationFigures
@@ -71,25 +66,16 @@ class SegmentationTask(BaseTask):
         self.register_buffer(
             "class_weights", _class_weights(class_weights, self.num_classes), persistent=False
         )
-        # validate_args=False: torchmetrics would sort every step's pixels (torch.unique) to check their
-        # classes, which costs up to twice the update itself on a CPU and waits for a GPU; the masks are
-        # checked before they reach the device (on_before_batch_transfer) and predictions are argmaxes.
-        # Updated step by step, not batched as classification's: per-pixel costs dominate, and concatenating
-        # a few steps' pixels made the updates slower on a CPU
-        k, checked = self.num_classes, {"ignore_index": IGNORE_INDEX, "validate_args": False}
-        # macro averages leave out classes that appear nowhere (neither true nor predicted) in the split
-        collection = MetricCollection(
-            {
-                "miou": MulticlassJaccardIndex(k, average="macro", **checked),
-                "dice": MulticlassF1Score(k, average="macro", **checked),  # F1 is the Dice score
-                "pixel_acc": MulticlassAccuracy(k, average="micro", **checked),
-            },
-            compute_groups=False,  # Lightning logs each metric on its own, and shared states then go stale
-        )
+        # one pixel confusion matrix per split, counted without waiting for the device (PixelConfusion); its
+        # checks of the classes are off: the masks are checked before they reach the device
+        # (on_before_batch_transfer), and predictions are argmaxes. Updated step by step, not batched as
+        # classification's: per-pixel costs dominate, and concatenating a few steps' pixels was slower
+        k, options = self.num_classes, {"ignore_index": IGNORE_INDEX, "validate_args": False}
+        collection = MetricCollection({"pixels": PixelScores(k, **options)})
         self.train_metrics = collection.clone(prefix="train/")
         self.val_metrics = collection.clone(prefix="val/")
         self.test_metrics = collection.clone(prefix="test/")
-        self.test_confusion = MulticlassConfusionMatrix(k, **checked)
+        self.test_confusion = PixelConfusion(k, **options)
 
     def figure_callbacks(self) -> list[L.Callback]:
         return [SegmentationFigures(int(self.hparams.figure_images))]
@@ -185,15 +171,55 @@ class SegmentationTask(BaseTask):
         return names if len(names) == self.num_classes else [str(k) for k in range(self.num_classes)]
 
 
+# --- metrics ------------------------------------------------------------------------------------------------
+
+
+class PixelConfusion(MulticlassConfusionMatrix):
+    """torchmetrics' confusion matrix of pixels (true classes on rows), counted without waiting for a GPU.
+
+    torchmetrics' own update drops the ignored pixels by boolean indexing and counts with ``bincount``, and
+    on a GPU both wait for the device every step; here every pixel is added into the matrix by one scatter,
+    the ignored ones into a spare cell. The states, their reduction across processes and ``compute`` are
+    torchmetrics'.
+    """
+
+    def update(self, preds: Tensor, target: Tensor) -> None:
+        k = self.num_classes
+        target, preds = target.long(), preds.long()
+        cells = torch.where(target != self.ignore_index, target * k + preds, k * k).reshape(-1)
+        counts = torch.zeros(k * k + 1, dtype=self.confmat.dtype, device=cells.device)
+        self.confmat += counts.scatter_add_(0, cells, torch.ones_like(cells))[:-1].view(k, k)
+
+
+class PixelScores(PixelConfusion):
+    """A split's mIoU, Dice and pixel accuracy, from its pixel confusion matrix: the means over the classes
+    that appear (true or predicted) in the split, as torchmetrics' macro averages."""
+
+    def compute(self) -> dict[str, Tensor]:  # type: ignore[override]
+        confusion = super().compute().double()
+        hits = confusion.diag()
+        union = confusion.sum(0) + confusion.sum(1) - hits  # true or predicted: tp + fp + fn
+        present = (union > 0).double()
+        classes = present.sum().clamp_min(1)
+        return {
+            "miou": ((hits / union.clamp_min(1)) * present).sum() / classes,
+            "dice": ((2 * hits / (union + hits).clamp_min(1)) * present).sum() / classes,
+            "pixel_acc": hits.sum() / confusion.sum().clamp_min(1),
+        }
+
+
 # --- losses and per-class figures ---------------------------------------------------------------------------
 
 
 def cross_entropy(scores: Tensor, mask: Tensor, weights: Tensor | None = None) -> Tensor:
     """Pixel cross-entropy over the pixels not ignored (weighted mean); 0 when every pixel is ignored."""
     total = F.cross_entropy(scores, mask, weight=weights, ignore_index=IGNORE_INDEX, reduction="sum")
-    valid = mask[mask != IGNORE_INDEX]
+    valid = mask != IGNORE_INDEX  # counted as a mask, not selected: selecting waits for a GPU
     # torch's mean over no pixel is NaN: a crop of ignored pixels only must not end the run
-    count = weights[valid].sum() if weights is not None else scores.new_tensor(float(valid.numel()))
+    if weights is None:
+        count = valid.sum(dtype=scores.dtype)
+    else:
+        count = (weights[torch.where(valid, mask, 0)] * valid).sum()
     return total / count.clamp_min(1e-8)
 
 
