@@ -7,6 +7,7 @@ import logging
 import os
 import warnings
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -224,6 +225,27 @@ def test_each_process_of_a_ddp_run_takes_its_share_of_the_order() -> None:
         return [int(v) for _, batch in loader for v in batch]
 
     assert labels(0) == [9, 7, 5, 3, 1] and labels(1) == [8, 6, 4, 2, 0]
+
+
+@pytest.mark.parametrize("in_memory", ["true", "false"])
+def test_each_ddp_process_trains_when_its_share_is_smaller_than_a_batch(in_memory: str) -> None:
+    """1294 training digits on 2 processes, batches of 1000: each process's share (647) is one smaller batch.
+    Dropping it as a partial last batch, as a single process would drop its 294 left over, left nothing."""
+    dm = digits(in_memory=in_memory)
+    dm.batch_size = 1000
+    alone = dm.train_dataloader()
+    # one process: a batch of 1000 images, the other 294 in another epoch
+    assert len(alone) == 1 and alone.drop_last
+    dm.trainer = SimpleNamespace(  # what the datamodule reads of a DDP trainer
+        global_rank=1, world_size=2, strategy=SimpleNamespace(root_device=torch.device("cpu"))
+    )
+    loader = dm.train_dataloader()
+    if in_memory == "true":
+        assert len(loader) == 1 and len(next(iter(loader))[1]) == 647
+    else:  # Lightning gives each process its share through a DistributedSampler, keeping drop_last
+        assert not loader.drop_last
+    dm.batch_size = 600
+    assert dm.train_dataloader().drop_last and len(dm.train_dataloader()) == (1 if in_memory == "true" else 2)
 
 
 def test_workers_default_to_the_cores_this_process_may_use_minus_one() -> None:

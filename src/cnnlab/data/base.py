@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import time
 from collections.abc import Iterator, Sequence
@@ -233,13 +234,15 @@ class ImageDataModule(L.LightningDataModule):
         n = len(self.train_set)  # type: ignore[arg-type]
         if self.memory is not None:
             return self._memory_loader("train")
-        # a last batch of one would break batch norm; with a shuffled order no image is lost for good
+        # a last batch of one would break batch norm; with a shuffled order no image is lost for good. Each
+        # process of a DDP run reads its share of the set: dropping the last batch of a share smaller than a
+        # batch would leave the process nothing to train on
         generator = torch.Generator()
         return self._loader(
             self.train_set,
             sampler=EpochSampler(n, self.seed, loader_generator=generator),
             generator=generator,
-            drop_last=n > self.batch_size,
+            drop_last=math.ceil(n / self._shard()[1]) > self.batch_size,
         )
 
     def val_dataloader(self) -> DataLoader | memory.MemoryLoader:
@@ -425,7 +428,7 @@ class ImageDataModule(L.LightningDataModule):
             self.spec.collate,
             device=self._device,
             sampler=EpochSampler(len(data), self.seed) if train else None,
-            drop_last=train and len(data) > self.batch_size,
+            drop_last=train,  # where a process's share holds more than a batch (MemoryLoader)
             shard=self._shard if train else lambda: (0, 1),
         )
 

@@ -471,7 +471,10 @@ class MemoryLoader:
 
     def __len__(self) -> int:
         n = self._count()
-        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+        # drop_last drops a partial last batch only where this process's share holds a whole one: a share
+        # smaller than a batch (a small set on many GPUs) still trains, on one smaller batch
+        whole = self.drop_last and n > self.batch_size
+        return n // self.batch_size if whole else math.ceil(n / self.batch_size)
 
     def _on_device(self) -> tuple[Tensor, dict[str, Tensor]]:
         device = self.device()
