@@ -276,9 +276,12 @@ def test_freeze_depth_sweep_runs_every_depth(tmp_path: Path) -> None:
 def test_ddp_sim_trains_with_two_cpu_processes(tmp_path: Path) -> None:
     out = tmp_path / "ddp"
     limits = ["trainer.max_epochs=1", "trainer.limit_val_batches=2", "trainer.limit_test_batches=2"]
-    run(str(ROOT / "train.py"), "trainer=ddp_sim", *limits, f"hydra.run.dir={out}", *QUIET)
+    proc = run(str(ROOT / "train.py"), "trainer=ddp_sim", *limits, f"hydra.run.dir={out}", *QUIET)
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["epochs"] == 1 and metrics["test/acc"] > 0
+    # every value is the same in both processes (torchmetrics' synchronised, or reduced): no warning that
+    # one might not be
+    assert "sync_dist=True" not in proc.stdout + proc.stderr
     # each of the two processes trains on its half of the training split: half the steps of one process
     datamodule = DigitsDataModule(image_size=16, batch_size=64, seed=42)
     datamodule.setup("fit")

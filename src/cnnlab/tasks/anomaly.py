@@ -10,6 +10,7 @@ its precision, recall and F1.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import lightning.pytorch as L
@@ -207,19 +208,21 @@ class AnomalyTask(AutoencoderTask):
         self.test_scores.reset()
 
     def _log_detection(self, split: str, scores: Tensor, flags: Tensor, pixel_auroc: Tensor | None) -> None:
+        # every process holds every score (torchmetrics synchronised them): sync_dist says so to Lightning
+        record = functools.partial(self.log, sync_dist=True)
         anomalous = bool((flags == 1).any())
         if anomalous and bool((flags == 0).any()):
-            self.log(f"{split}/auroc", binary_auroc(scores, flags))
-            self.log(f"{split}/ap", binary_average_precision(scores, flags))
+            record(f"{split}/auroc", binary_auroc(scores, flags))
+            record(f"{split}/ap", binary_average_precision(scores, flags))
         if self.threshold is not None and len(scores):
-            self.log(f"{split}/threshold", self.threshold)
+            record(f"{split}/threshold", self.threshold)
             if anomalous:
                 flagged = (scores >= self.threshold).long()
-                self.log(f"{split}/precision", binary_precision(flagged, flags))
-                self.log(f"{split}/recall", binary_recall(flagged, flags))
-                self.log(f"{split}/f1", binary_f1_score(flagged, flags))
+                record(f"{split}/precision", binary_precision(flagged, flags))
+                record(f"{split}/recall", binary_recall(flagged, flags))
+                record(f"{split}/f1", binary_f1_score(flagged, flags))
         if pixel_auroc is not None:
-            self.log(f"{split}/pixel_auroc", pixel_auroc)
+            record(f"{split}/pixel_auroc", pixel_auroc)
 
     def _check_optimized_metric(self, flags: Tensor) -> None:
         metric = str((self.hparams.run_config or {}).get("optimized_metric", ""))

@@ -211,4 +211,4 @@ class AutoencoderTask(BaseTask):
         if self.denoise:
             self.log_epoch_metrics(getattr(self, f"{split}_noisy"))
         if gain is not None:
-            self.log(f"{split}/psnr_gain", gain)
+            self.log(f"{split}/psnr_gain", gain, sync_dist=True)  # the same in every process, as above

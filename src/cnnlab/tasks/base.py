@@ -143,7 +143,8 @@ class BaseTask(L.LightningModule):
         if epoch == 0 or self.freezer.frozen_at(epoch) != self.freezer.frozen_at(epoch - 1):
             log.info("finetune: %s", self.freezer.describe(epoch))
         self.train()  # a stage released this epoch goes back to train mode, the frozen ones to eval
-        self.log("finetune/frozen_stages", float(self.freezer.frozen_at(epoch)), on_step=False, on_epoch=True)
+        frozen = float(self.freezer.frozen_at(epoch))
+        self.log("finetune/frozen_stages", frozen, on_step=False, on_epoch=True, sync_dist=True)
 
     def on_after_backward(self) -> None:
         self.freezer.drop_gradients(self._epoch())
@@ -203,6 +204,7 @@ class BaseTask(L.LightningModule):
                 on_epoch=True,
                 prog_bar=shown,
                 batch_size=count,  # the mean's own weight: Lightning would guess it from the batch
+                sync_dist=True,  # every process's mean, not the first process's alone
             )
 
     def _begin_epoch(self, split: str) -> None:
@@ -238,7 +240,9 @@ class BaseTask(L.LightningModule):
             return
         # epoch values, also when logged from on_train_batch_end (whose default is a step value, written to
         # loggers only every log_every_n_steps)
-        self.log_dict(metrics.compute(), prog_bar=prog_bar, on_step=False, on_epoch=True)
+        # sync_dist: the values are already the same in every process (torchmetrics synchronised the states);
+        # without it Lightning warns in every DDP run that they might not be
+        self.log_dict(metrics.compute(), prog_bar=prog_bar, on_step=False, on_epoch=True, sync_dist=True)
         metrics.reset()
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
