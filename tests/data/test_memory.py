@@ -227,6 +227,22 @@ def test_each_process_of_a_ddp_run_takes_its_share_of_the_order() -> None:
     assert labels(0) == [9, 7, 5, 3, 1] and labels(1) == [8, 6, 4, 2, 0]
 
 
+def test_ddp_processes_take_as_many_steps_when_the_set_does_not_divide() -> None:
+    """21 images on 2 processes in batches of 5: shares of 11 and 10 would be 3 and 2 batches, and each DDP
+    step waits for every process, so the first would wait for ever at its third. Each takes 11, as
+    DistributedSampler pads: the first image of the order fills the last place."""
+    data = memory.Decoded(torch.arange(21, dtype=torch.uint8).view(21, 1, 1, 1), {"label": torch.arange(21)})
+    identity = memory.BatchTransform(T.none, 1, 1, None, None, "crop", train=False)
+    seen = []
+    for rank in range(2):
+        loader = memory.MemoryLoader(
+            data, 5, identity, memory.label_collate, lambda: torch.device("cpu"), shard=lambda r=rank: (r, 2)
+        )
+        assert len(loader) == 3
+        seen.append([int(v) for _, batch in loader for v in batch])
+    assert seen[0] == list(range(0, 21, 2)) and seen[1] == [*range(1, 21, 2), 0]
+
+
 @pytest.mark.parametrize("in_memory", ["true", "false"])
 def test_each_ddp_process_trains_when_its_share_is_smaller_than_a_batch(in_memory: str) -> None:
     """1294 training digits on 2 processes, batches of 1000: each process's share (647) is one smaller batch.

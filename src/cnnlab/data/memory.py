@@ -466,8 +466,11 @@ class MemoryLoader:
         self._placed: tuple[torch.device, Tensor, dict[str, Tensor]] | None = None
 
     def _count(self) -> int:
-        rank, world = self.shard()
-        return len(range(rank, len(self.data), world))
+        # the same share in every process, as DistributedSampler gives (the first images of the order fill
+        # the last places): a DDP run's processes must take the same steps, each step's gradients being
+        # averaged across them
+        _, world = self.shard()
+        return math.ceil(len(self.data) / world)
 
     def __len__(self) -> int:
         n = self._count()
@@ -494,7 +497,7 @@ class MemoryLoader:
             else torch.arange(len(self.data))
         )
         rank, world = self.shard()
-        order = order[rank::world].to(device)
+        order = torch.cat([order, order[: self._count() * world - len(order)]])[rank::world].to(device)
         generator = torch.Generator(device=device).manual_seed(seed * 100_003 + epoch + 7)
         for i in range(len(self)):
             pick = order[i * self.batch_size : (i + 1) * self.batch_size]
