@@ -39,7 +39,6 @@ from cnnlab.predict import main as predict
 from cnnlab.samples import IGNORE_INDEX, SampleDataset
 from cnnlab.serving import runtime, segmentation
 from cnnlab.tasks.segmentation import (
-    PixelConfusion,
     PixelScores,
     SegmentationTask,
     class_table,
@@ -466,7 +465,6 @@ def test_pixel_scores_are_torchmetrics_macro_averages_and_confusion(seed: int) -
     generator = torch.Generator().manual_seed(seed)
     k = 5
     ours = PixelScores(k, ignore_index=IGNORE_INDEX, validate_args=False)
-    confusion = PixelConfusion(k, ignore_index=IGNORE_INDEX, validate_args=False)
     options = {"ignore_index": IGNORE_INDEX}
     theirs = {
         "miou": MulticlassJaccardIndex(k, average="macro", **options),
@@ -478,12 +476,12 @@ def test_pixel_scores_are_torchmetrics_macro_averages_and_confusion(seed: int) -
         preds = torch.randint(0, k - 1, (2, size, size + 1), generator=generator)  # class 4: never
         mask = torch.randint(0, k - 1, (2, size, size + 1), generator=generator)
         mask[torch.rand(mask.shape, generator=generator) < 0.2] = IGNORE_INDEX
-        for metric in (ours, confusion, *theirs.values()):
+        for metric in (ours, *theirs.values()):
             metric.update(preds, mask)
     found = ours.compute()
     for name in ("miou", "dice", "pixel_acc"):
         assert found[name].item() == pytest.approx(theirs[name].compute().item(), abs=1e-6), name
-    assert torch.equal(confusion.compute(), theirs["confusion"].compute())
+    assert torch.equal(ours.confusion(), theirs["confusion"].compute())
 
 
 @pytest.mark.parametrize("weights", [None, [1.0, 2.0, 3.0]])
@@ -501,7 +499,7 @@ def test_a_step_reads_nothing_back_from_the_device(
     assert task.training_step(batch, 0).device.type == "meta"
     task.validation_step(batch, 0)
     task.test_step(batch, 0)
-    assert task.val_metrics["pixels"].update_called and task.test_confusion.update_called
+    assert task.val_metrics["pixels"].update_called and task.test_metrics["pixels"].update_called
     reference = MulticlassJaccardIndex(3, ignore_index=IGNORE_INDEX, validate_args=False).to("meta")
     with pytest.raises(NotImplementedError):  # what the test stands on: torchmetrics' update reads values
         reference.update(batch[1]["mask"], batch[1]["mask"])

@@ -66,16 +66,15 @@ class SegmentationTask(BaseTask):
         self.register_buffer(
             "class_weights", _class_weights(class_weights, self.num_classes), persistent=False
         )
-        # one pixel confusion matrix per split, counted without waiting for the device (PixelConfusion); its
+        # one pixel confusion matrix per split, counted without waiting for the device (PixelScores); its
         # checks of the classes are off: the masks are checked before they reach the device
         # (on_before_batch_transfer), and predictions are argmaxes. Updated step by step, not batched as
         # classification's: per-pixel costs dominate, and concatenating a few steps' pixels was slower
-        k, options = self.num_classes, {"ignore_index": IGNORE_INDEX, "validate_args": False}
-        collection = MetricCollection({"pixels": PixelScores(k, **options)})
+        pixels = PixelScores(self.num_classes, ignore_index=IGNORE_INDEX, validate_args=False)
+        collection = MetricCollection({"pixels": pixels})
         self.train_metrics = collection.clone(prefix="train/")
         self.val_metrics = collection.clone(prefix="val/")
         self.test_metrics = collection.clone(prefix="test/")
-        self.test_confusion = PixelConfusion(k, **options)
 
     def figure_callbacks(self) -> list[L.Callback]:
         return [SegmentationFigures(int(self.hparams.figure_images))]
@@ -139,18 +138,17 @@ class SegmentationTask(BaseTask):
         return {"preds": self._evaluate(batch, "val", self.val_metrics)}
 
     def test_step(self, batch: tuple[Tensor, dict[str, Tensor]], batch_idx: int) -> dict[str, Tensor]:
-        preds = self._evaluate(batch, "test", self.test_metrics)
-        self.test_confusion.update(preds, batch[1]["mask"])
-        return {"preds": preds}
+        return {"preds": self._evaluate(batch, "test", self.test_metrics)}
 
     def on_test_epoch_end(self) -> None:
+        confusion = self.test_metrics["pixels"].confusion().cpu()  # before the metrics are logged and reset
         super().on_test_epoch_end()
         names = self._class_names()
-        iou, table = class_table(self.test_confusion.compute().cpu(), names)
-        self.test_confusion.reset()
+        iou, table = class_table(confusion, names)
         for name, value in zip(metric_names(names), iou.tolist(), strict=True):
-            self.log(f"test/iou/{name}", value)
-        log.info("per-class IoU on the test split (n/a: a class neither true nor predicted):\n%s", table)
+            self.log(f"test/iou/{name}", value, sync_dist=True)  # the same in every process
+        if self.global_rank == 0:  # every process holds the same table: print it once
+            log.info("per-class IoU on the test split (n/a: a class neither true nor predicted):\n%s", table)
 
     def predict_step(self, batch: Any, batch_idx: int) -> Tensor:
         images = batch[0] if isinstance(batch, (tuple, list)) else batch
@@ -174,13 +172,14 @@ class SegmentationTask(BaseTask):
 # --- metrics ------------------------------------------------------------------------------------------------
 
 
-class PixelConfusion(MulticlassConfusionMatrix):
-    """torchmetrics' confusion matrix of pixels (true classes on rows), counted without waiting for a GPU.
+class PixelScores(MulticlassConfusionMatrix):
+    """A split's mIoU, Dice and pixel accuracy, from torchmetrics' confusion matrix of its pixels (true
+    classes on rows), counted without waiting for a GPU. The means are over the classes that appear (true or
+    predicted) in the split, as torchmetrics' macro averages.
 
     torchmetrics' own update drops the ignored pixels by boolean indexing and counts with ``bincount``, and
     on a GPU both wait for the device every step; here every pixel is added into the matrix by one scatter,
-    the ignored ones into a spare cell. The states, their reduction across processes and ``compute`` are
-    torchmetrics'.
+    the ignored ones into a spare cell. The states and their reduction across processes are torchmetrics'.
     """
 
     def update(self, preds: Tensor, target: Tensor) -> None:
@@ -190,22 +189,28 @@ class PixelConfusion(MulticlassConfusionMatrix):
         counts = torch.zeros(k * k + 1, dtype=self.confmat.dtype, device=cells.device)
         self.confmat += counts.scatter_add_(0, cells, torch.ones_like(cells))[:-1].view(k, k)
 
-
-class PixelScores(PixelConfusion):
-    """A split's mIoU, Dice and pixel accuracy, from its pixel confusion matrix: the means over the classes
-    that appear (true or predicted) in the split, as torchmetrics' macro averages."""
-
     def compute(self) -> dict[str, Tensor]:  # type: ignore[override]
-        confusion = super().compute().double()
-        hits = confusion.diag()
-        union = confusion.sum(0) + confusion.sum(1) - hits  # true or predicted: tp + fp + fn
-        present = (union > 0).double()
-        classes = present.sum().clamp_min(1)
+        confusion = super().compute()
+        iou = class_iou(confusion)
         return {
-            "miou": ((hits / union.clamp_min(1)) * present).sum() / classes,
-            "dice": ((2 * hits / (union + hits).clamp_min(1)) * present).sum() / classes,
-            "pixel_acc": hits.sum() / confusion.sum().clamp_min(1),
+            "miou": iou.nanmean().nan_to_num(0.0),
+            "dice": (2 * iou / (1 + iou)).nanmean().nan_to_num(0.0),  # a class's Dice from its IoU
+            "pixel_acc": confusion.diag().sum() / confusion.sum().clamp_min(1),
         }
+
+    def confusion(self) -> Tensor:
+        """The matrix summed over every process, as ``compute`` reads it."""
+        with self.sync_context():
+            return self.confmat.clone()
+
+
+def class_iou(confusion: Tensor) -> Tensor:
+    """Per-class IoU of a confusion matrix (true classes on rows); NaN for a class neither true nor
+    predicted."""
+    confusion = confusion.double()
+    hits = confusion.diag()
+    union = confusion.sum(0) + confusion.sum(1) - hits  # true or predicted: tp + fp + fn
+    return torch.where(union > 0, hits / union.clamp_min(1), torch.full_like(hits, float("nan")))
 
 
 # --- losses and per-class figures ---------------------------------------------------------------------------
@@ -239,10 +244,8 @@ def dice_loss(scores: Tensor, mask: Tensor, weights: Tensor | None = None, smoot
 
 def class_table(confusion: Tensor, names: Sequence[str]) -> tuple[Tensor, str]:
     """Per-class IoU of a confusion matrix (true classes on rows; NaN for absent classes) and its table."""
+    iou = class_iou(confusion)
     confusion = confusion.double()
-    hits = confusion.diag()
-    union = confusion.sum(0) + confusion.sum(1) - hits
-    iou = torch.where(union > 0, hits / union.clamp_min(1), torch.full_like(hits, float("nan")))
     share = confusion.sum(1) / confusion.sum().clamp_min(1)
     width = max(len("class"), *(len(name) for name in names))
     lines = [f"{'class':<{width}}  {'IoU':>6}  {'pixels':>7}"]
