@@ -243,6 +243,21 @@ def test_ddp_processes_take_as_many_steps_when_the_set_does_not_divide() -> None
     assert seen[0] == list(range(0, 21, 2)) and seen[1] == [*range(1, 21, 2), 0]
 
 
+def test_every_ddp_process_gets_a_share_of_a_set_smaller_than_their_count() -> None:
+    """2 images on 5 processes: each still takes one (the order repeated, as DistributedSampler does), so no
+    process has an empty epoch while the others wait for it at a step."""
+    data = memory.Decoded(torch.arange(2, dtype=torch.uint8).view(2, 1, 1, 1), {"label": torch.arange(2)})
+    identity = memory.BatchTransform(T.none, 1, 1, None, None, "crop", train=False)
+    seen = []
+    for rank in range(5):
+        loader = memory.MemoryLoader(
+            data, 5, identity, memory.label_collate, lambda: torch.device("cpu"), shard=lambda r=rank: (r, 5)
+        )
+        assert len(loader) == 1
+        seen.append([int(v) for _, batch in loader for v in batch])
+    assert seen == [[0], [1], [0], [1], [0]]
+
+
 @pytest.mark.parametrize("in_memory", ["true", "false"])
 def test_each_ddp_process_trains_when_its_share_is_smaller_than_a_batch(in_memory: str) -> None:
     """1294 training digits on 2 processes, batches of 1000: each process's share (647) is one smaller batch.

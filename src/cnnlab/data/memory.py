@@ -443,7 +443,8 @@ class MemoryLoader:
     """Batches of a ``Decoded`` split, drawn on the training device: what a DataLoader would serve.
 
     ``sampler`` (an ``EpochSampler``) orders the training split; Lightning calls its ``set_epoch``. With
-    several processes (DDP) each takes every ``world_size``-th image of that order.
+    several processes (DDP) each takes every ``world_size``-th image of that order, padded with its first
+    images to a length that divides, so that every process takes the same share.
     """
 
     #: what Lightning looks for on a loader (there is no batch sampler: batches are slices of the order)
@@ -497,7 +498,9 @@ class MemoryLoader:
             else torch.arange(len(self.data))
         )
         rank, world = self.shard()
-        order = torch.cat([order, order[: self._count() * world - len(order)]])[rank::world].to(device)
+        # repeated, not just extended: a set smaller than the processes' count still fills every share
+        padded = order.repeat(math.ceil(self._count() * world / max(1, len(order))))[: self._count() * world]
+        order = padded[rank::world].to(device)
         generator = torch.Generator(device=device).manual_seed(seed * 100_003 + epoch + 7)
         for i in range(len(self)):
             pick = order[i * self.batch_size : (i + 1) * self.batch_size]
