@@ -13,6 +13,7 @@ import torchvision.datasets.cifar
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig, open_dict
+from once import built_once
 from torchvision.datasets.utils import check_integrity
 
 from cnnlab import CONF_DIR
@@ -43,6 +44,18 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     heavy = {item.path for item in items if builds_a_run(item)}
     count = Counter(item.path for item in items)
     items.sort(key=lambda item: (item.path not in heavy, -count[item.path]))  # stable within a file
+
+
+@pytest.fixture(scope="session")
+def cli_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`python train.py` for two epochs through the real entry point, exported in every format: the run the
+    command-line tests read and the app's tests serve, trained once per test run."""
+    from cli.test_cli import QUIET, ROOT, run
+
+    def build(folder: Path) -> None:
+        run(str(ROOT / "train.py"), "trainer.max_epochs=2", f"hydra.run.dir={folder / 'run'}", *QUIET)
+
+    return built_once(tmp_path_factory, "cli", build) / "run"
 
 
 @pytest.fixture

@@ -236,7 +236,7 @@ def write_small_export(folder: Path, task: str) -> Path:
 
 @pytest.fixture
 def exported(cli_run: Path) -> Path:
-    """A train.py run exported in every format: the command-line tests' shared run (tests/cli/conftest.py),
+    """A train.py run exported in every format: the shared run of tests/conftest.py,
     read, never written."""
     return cli_run
 
