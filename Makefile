@@ -22,6 +22,9 @@ train: $(STAMP) ## train the default recipe (simple CNN on the embedded digits);
 # loadfile: each test file on one process, so a file's shared run (a module fixture) is trained once, not once
 # per process (the runs several files read are trained once through tests/once.py); --no-loadscope-reorder
 # keeps the order tests/conftest.py gives, the files that build runs first, so that short files end the run
+# the tests start many Python processes (train.py, predict, the app) that import cnnlab's modules, and pytest
+# rewrites every test module's asserts: where PYTHONDONTWRITEBYTECODE is set, each process compiles them anew
+test test-all: export PYTHONDONTWRITEBYTECODE :=
 test: $(STAMP) ## the fast test suite
 	$(PY) -m pytest -m "not slow" -n 2 --dist loadfile --no-loadscope-reorder $(ARGS)
 
