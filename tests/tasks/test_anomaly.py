@@ -15,16 +15,17 @@ from fakedense import write_mvtec
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch import nn
 from torch.utils.data import DataLoader
+from torchmetrics.classification import BinaryAUROC
 from torchmetrics.functional.classification import binary_auroc
 
 from cnnlab.checkpoints import load_task, read_checkpoint
 from cnnlab.data.digits import DigitsDataModule
 from cnnlab.errors import ConfigError
 from cnnlab.models.autoencoders import LinearAutoencoder
-from cnnlab.samples import stack_collate
+from cnnlab.samples import IGNORE_INDEX, stack_collate
 from cnnlab.serving import runtime
 from cnnlab.serving.anomaly import image_scores
-from cnnlab.tasks.anomaly import AnomalyTask, best_f1_threshold
+from cnnlab.tasks.anomaly import PIXEL_THRESHOLDS, AnomalyTask, BinnedAUROC, best_f1_threshold
 
 from .test_autoencoder import (
     ADAM,
@@ -238,3 +239,23 @@ def test_selecting_by_auroc_without_anomalies_in_validation_is_refused(tmp_path:
         ValueError, match="optimized_metric=val/auroc needs anomalous images in the validation"
     ):
         run(tmp_path, *overrides)
+
+
+def test_pixel_auroc_counts_what_torchmetrics_counts() -> None:
+    """The one-pass count gives torchmetrics' own confusion counts and AUROC: over batches larger and smaller
+    than the 50,000 scores where torchmetrics changes method, with ignored pixels and scores exactly on a
+    threshold (which reach it)."""
+    generator = torch.Generator().manual_seed(0)
+    maps = torch.rand(4, 160, 160, generator=generator) ** 4  # squared errors crowd near 0
+    masks = (torch.rand(4, 160, 160, generator=generator) > 0.9).long()
+    masks[0, :8] = IGNORE_INDEX
+    maps[1, :4] = PIXEL_THRESHOLDS[200]
+    maps[2, 0], maps[2, 1] = 0.0, 1.0
+    ours = BinnedAUROC(PIXEL_THRESHOLDS, ignore_index=IGNORE_INDEX)
+    reference = BinaryAUROC(thresholds=PIXEL_THRESHOLDS, ignore_index=IGNORE_INDEX)
+    for batch in ((maps[:3], masks[:3]), (maps[3:], masks[3:])):  # 76,800 scores, then 25,600
+        ours.update(*batch)
+        reference.update(*batch)
+    assert torch.equal(ours.confmat, reference.confmat)
+    assert int(ours.confmat[0].sum()) == int((masks != IGNORE_INDEX).sum())
+    assert float(ours.compute()) == pytest.approx(float(reference.compute()), abs=1e-7)

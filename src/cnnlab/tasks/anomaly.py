@@ -40,6 +40,38 @@ PIXEL_THRESHOLDS = torch.cat([torch.zeros(1), torch.logspace(-8, 0, 400)])
 NEEDS_ANOMALIES = ("auroc", "ap", "precision", "recall", "f1", "pixel_auroc")
 
 
+class BinnedAUROC(BinaryAUROC):
+    """torchmetrics' AUROC over fixed thresholds, each batch counted in one pass over its scores.
+
+    torchmetrics counts a batch of more than 50,000 scores threshold by threshold, four passes over the batch
+    for each: 0.9-2.5 s for a batch of 32 maps of 256 px against ``PIXEL_THRESHOLDS`` (measured on a 2-core
+    CPU), every evaluation step. Here each score is sorted into its bin once (``bucketize``) and the bins are
+    counted: the same confusion counts, so the same state, synchronisation and ``compute``. The scores are
+    squared errors in [0, 1], never logits: no sigmoid either (torchmetrics applies one to a batch with a
+    value outside [0, 1])."""
+
+    def __init__(self, thresholds: Tensor, ignore_index: int | None = None) -> None:
+        super().__init__(thresholds=thresholds, ignore_index=ignore_index, normalization=None)
+
+    def update(self, preds: Tensor, target: Tensor) -> None:
+        thresholds = self.thresholds
+        assert isinstance(thresholds, Tensor)
+        preds, target = preds.detach().flatten().to(thresholds.dtype), target.flatten()
+        if self.ignore_index is not None:
+            kept = target != self.ignore_index
+            preds, target = preds[kept], target[kept]
+        count = len(thresholds)
+        # how many thresholds each score reaches (thresholds ascend): score >= thresholds[i] for i below it
+        reached = torch.bucketize(preds, thresholds, right=True)
+        positive = (target == 1).long()  # torchmetrics' own rule: 1 is a positive, any other value a negative
+        # one count over (bin, kind): row 0 the negatives per bin, row 1 the positives
+        per_bin = torch.bincount(reached * 2 + positive, minlength=2 * (count + 1)).view(count + 1, 2).T
+        at_or_above = per_bin.flip(1).cumsum(1).flip(1)[:, 1:]  # (2, count): scores >= each threshold
+        below = per_bin.sum(1, keepdim=True) - at_or_above
+        # torchmetrics' layout: [threshold, target, prediction]
+        self.confmat += torch.stack([below, at_or_above], dim=-1).permute(1, 0, 2)
+
+
 class SplitScores(nn.Module):
     """The image scores, anomaly flags and pixel-level truth of one evaluation split, across devices.
 
@@ -50,7 +82,7 @@ class SplitScores(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.scores, self.flags = CatMetric(), CatMetric()
-        self.pixels = BinaryAUROC(thresholds=PIXEL_THRESHOLDS, ignore_index=IGNORE_INDEX)
+        self.pixels = BinnedAUROC(PIXEL_THRESHOLDS, ignore_index=IGNORE_INDEX)
         self.defect_pixels, self.normal_pixels = SumMetric(), SumMetric()
 
     def update(self, scores: Tensor, flags: Tensor, maps: Tensor, masks: Tensor | None) -> None:
