@@ -88,23 +88,51 @@ def test_the_decoded_cache_bench_reads_the_cache_it_built(
     assert "--images: at least 4" in capsys.readouterr().err
 
 
-def test_the_segmentation_metrics_bench_times_each_side_on_the_same_values(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    spec = importlib.util.spec_from_file_location("bench_seg", ROOT / "scripts" / "bench_seg_metrics.py")
+def load_metrics_bench() -> object:
+    spec = importlib.util.spec_from_file_location("bench_metrics", ROOT / "scripts" / "bench_metrics.py")
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
-    monkeypatch.setattr(sys, "argv", ["bench", "--sizes", "8", "12", "--batch", "2", "--classes", "3"])
+    return script
+
+
+@pytest.mark.parametrize(
+    ("task", "what", "names"),
+    [
+        ("segmentation", "masks of 3 classes", ["torchmetrics", "torchmetrics unchecked", "PixelScores"]),
+        ("anomaly", "error maps", ["torchmetrics", "BinnedAUROC"]),
+    ],
+)
+def test_the_metrics_bench_times_each_side_on_the_same_values(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    task: str,
+    what: str,
+    names: list[str],
+) -> None:
+    script = load_metrics_bench()
+    argv = ["bench", "--task", task, "--sizes", "8", "12", "--batch", "2", "--classes", "3", "--updates", "2"]
+    monkeypatch.setattr(sys, "argv", argv)
     script.main()
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].startswith("2 masks of 3 classes on cpu")
+    assert lines[0] == f"2 {what} on cpu; the time of an update, best of 3 x 2"
     assert [line.split(":")[0] for line in lines[1:]] == ["8 px", "12 px"]
     for line in lines[1:]:
         assert line.endswith("same values: True")
         sides = [part.rsplit(" ", 2) for part in line.split(": ", 1)[1].split(";")[0].split(", ")]
-        assert [name for name, _, _ in sides] == ["torchmetrics", "torchmetrics unchecked", "PixelScores"]
+        assert [name for name, _, _ in sides] == names
         assert all(float(ms) > 0 and unit == "ms" for _, ms, unit in sides)
-    monkeypatch.setattr(sys, "argv", ["bench", "--classes", "1"])
-    with pytest.raises(SystemExit):
-        script.main()
-    assert "--classes: at least 2" in capsys.readouterr().err
+
+
+def test_the_metrics_bench_refuses_what_it_cannot_time(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    script = load_metrics_bench()
+    for argv, said in (
+        (["--classes", "1"], "--classes: at least 2"),
+        (["--updates", "0"], "--updates and --sizes: at least 1"),
+        (["--task", "detection"], "invalid choice: 'detection'"),
+    ):
+        monkeypatch.setattr(sys, "argv", ["bench", *argv])
+        with pytest.raises(SystemExit):
+            script.main()
+        assert said in capsys.readouterr().err
