@@ -58,6 +58,29 @@ def cli_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return built_once(tmp_path_factory, "cli", build) / "run"
 
 
+@pytest.fixture(scope="session")
+def anomaly_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`python train.py experiment=ae_anomaly_digits` (zeros are normal), five epochs, exported to TorchScript
+    (every format: tests/tasks/test_anomaly.py): the run the autoencoder command-line tests read and the
+    app's tests serve, trained once per test run."""
+    from cli.test_cli import QUIET, ROOT, run
+
+    def build(folder: Path) -> None:
+        run(
+            str(ROOT / "train.py"),
+            "experiment=ae_anomaly_digits",
+            "data.normal_classes=[0]",
+            "data.val_anomalies=0",
+            "optimized_metric=val/loss",
+            "trainer.max_epochs=5",
+            "export.formats=[torchscript]",
+            f"hydra.run.dir={folder / 'run'}",
+            *QUIET,
+        )
+
+    return built_once(tmp_path_factory, "anomaly_cli", build) / "run"
+
+
 @pytest.fixture
 def make_cfg(tmp_path: Path) -> Callable[..., DictConfig]:
     """Compose conf/train.yaml with overrides; the run writes to tmp_path, quietly, on the CPU."""

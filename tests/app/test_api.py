@@ -229,9 +229,9 @@ def test_predictions_are_answered_side_by_side(client: TestClient, digit: Path) 
 
 
 @pytest.fixture(scope="module")
-def anomaly_client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
-    export = train(tmp_path_factory.mktemp("app") / "anomaly", "experiment=ae_anomaly_digits", *SHORT)
-    with TestClient(create_app(runtime.load(export))) as test_client:
+def anomaly_client(anomaly_run: Path) -> Iterator[TestClient]:
+    """The app on the autoencoder command-line tests' anomaly run (tests/conftest.py)."""
+    with TestClient(create_app(runtime.load(anomaly_run / "export"))) as test_client:
         yield test_client
 
 

@@ -18,25 +18,6 @@ from cnnlab.serving import runtime
 from .test_cli import PREDICT, QUIET, ROOT, run
 
 
-@pytest.fixture(scope="module")
-def anomaly_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """`python train.py experiment=ae_anomaly_digits` (zeros are normal), five epochs, exported to TorchScript
-    (every format: tests/tasks/test_anomaly.py)."""
-    out = tmp_path_factory.mktemp("anomaly_cli") / "run"
-    run(
-        str(ROOT / "train.py"),
-        "experiment=ae_anomaly_digits",
-        "data.normal_classes=[0]",
-        "data.val_anomalies=0",
-        "optimized_metric=val/loss",
-        "trainer.max_epochs=5",
-        "export.formats=[torchscript]",
-        f"hydra.run.dir={out}",
-        *QUIET,
-    )
-    return out
-
-
 def test_predict_sorts_a_folder_by_score_and_flags_the_anomalies(anomaly_run: Path, tmp_path: Path) -> None:
     images = write_digits(tmp_path / "digits", {0: 3, 4: 2, 7: 2})
     proc = run(
