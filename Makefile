@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 ARGS   ?=
 STAMP  := $(VENV)/.installed
 
-.PHONY: install train test test-all sweep search transfer-demo course eval export predict app visualize models bench bench-serving tensorboard lint format clean
+.PHONY: install train test test-all sweep search transfer-demo course eval export predict app visualize models bench bench-gpu bench-serving tensorboard lint format clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -63,6 +63,15 @@ models: $(STAMP) ## the architecture comparison table of every classifier: make 
 
 bench: $(STAMP) ## cnnlab against a plain PyTorch loop: images/s, their ratio, the phases of a run (ARGS="--jobs digits")
 	$(PY) scripts/bench.py $(ARGS)
+
+GPU_OUT ?= outputs/bench/gpu
+bench-gpu: $(STAMP) ## on a GPU: ResNets against a plain loop, the dense metrics' updates, host syncs per step (GPU_OUT=)
+	mkdir -p $(GPU_OUT)
+	$(PY) scripts/sync_check.py --out $(GPU_OUT)
+	$(PY) scripts/bench_metrics.py --device cuda > $(GPU_OUT)/metrics_segmentation.txt
+	$(PY) scripts/bench_metrics.py --task anomaly --batch 16 --device cuda > $(GPU_OUT)/metrics_anomaly.txt
+	cat $(GPU_OUT)/metrics_segmentation.txt $(GPU_OUT)/metrics_anomaly.txt
+	$(PY) scripts/bench.py --device cuda --jobs resnet18_224,resnet50_224,cifar_resnet --out $(GPU_OUT) $(ARGS)
 
 bench-serving: $(STAMP) ## export time, file size and time per prediction of every format and task
 	$(PY) scripts/bench_serving.py $(ARGS)

@@ -6,6 +6,7 @@ import importlib.util
 import json
 import math
 import sys
+import warnings
 from pathlib import Path
 from types import ModuleType
 
@@ -15,12 +16,16 @@ import torch
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def load_script(name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    return script
+
+
 @pytest.fixture(scope="module")
 def bench() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bench_script", ROOT / "scripts" / "bench.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("bench")
 
 
 def test_the_plain_loop_trains_the_configs_network(bench: ModuleType) -> None:
@@ -72,9 +77,7 @@ def test_a_job_alternates_plain_cnnlab_and_a_baseline_checkout(bench: ModuleType
 def test_the_decoded_cache_bench_reads_the_cache_it_built(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    spec = importlib.util.spec_from_file_location("bench_cache", ROOT / "scripts" / "bench_decoded_cache.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = load_script("bench_decoded_cache")
     args = ["--images", "6", "--size", "48", "40", "--image-size", "16", "--workers", "0", "--epochs", "1"]
     monkeypatch.setattr(sys, "argv", ["bench", *args, "--repeats", "1", "--folder", str(tmp_path)])
     script.main()
@@ -86,13 +89,6 @@ def test_the_decoded_cache_bench_reads_the_cache_it_built(
     with pytest.raises(SystemExit):
         script.main()
     assert "--images: at least 4" in capsys.readouterr().err
-
-
-def load_metrics_bench() -> object:
-    spec = importlib.util.spec_from_file_location("bench_metrics", ROOT / "scripts" / "bench_metrics.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
-    return script
 
 
 @pytest.mark.parametrize(
@@ -109,7 +105,7 @@ def test_the_metrics_bench_times_each_side_on_the_same_values(
     what: str,
     names: list[str],
 ) -> None:
-    script = load_metrics_bench()
+    script = load_script("bench_metrics")
     argv = ["bench", "--task", task, "--sizes", "8", "12", "--batch", "2", "--classes", "3", "--updates", "2"]
     monkeypatch.setattr(sys, "argv", argv)
     script.main()
@@ -126,7 +122,7 @@ def test_the_metrics_bench_times_each_side_on_the_same_values(
 def test_the_metrics_bench_refuses_what_it_cannot_time(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    script = load_metrics_bench()
+    script = load_script("bench_metrics")
     for argv, said in (
         (["--classes", "1"], "--classes: at least 2"),
         (["--updates", "0"], "--updates and --sizes: at least 1"),
@@ -135,4 +131,43 @@ def test_the_metrics_bench_refuses_what_it_cannot_time(
         monkeypatch.setattr(sys, "argv", ["bench", *argv])
         with pytest.raises(SystemExit):
             script.main()
+        assert said in capsys.readouterr().err
+
+
+def test_the_sync_check_counts_synchronising_calls_by_call_site() -> None:
+    script = load_script("sync_check")
+
+    def warning(text: str, line: int) -> warnings.WarningMessage:
+        return warnings.WarningMessage(UserWarning(text), UserWarning, "step.py", line)
+
+    caught = [warning(f"{script.SYNC_WARNING}", 7), warning("other", 3), warning(f"{script.SYNC_WARNING}", 9)]
+    caught.append(warning(f"{script.SYNC_WARNING}", 7))
+    found = script.summarise("classification", caught, steps=4)
+    assert found["syncs"] == 3 and found["per_step"] == 0.75
+    assert found["sites"] == [("step.py:7", 2), ("step.py:9", 1)]
+
+
+def test_the_sync_check_dry_run_trains_and_watches_each_step(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    script = load_script("sync_check")
+    script.main(
+        ["--device", "cpu", "--jobs", "classification", "--steps", "3", "--skip", "1", "--out", str(tmp_path)]
+    )
+    said = capsys.readouterr().out
+    assert "sync check on the CPU (a dry run): 3 training steps a job after 1" in said
+    assert "classification: 0 synchronising calls in 3 steps (0.00 a step)" in said
+    (found,) = json.loads((tmp_path / "sync_check.json").read_text())
+    assert found["job"] == "classification" and found["steps"] == 3
+
+
+def test_the_sync_check_refuses_what_it_cannot_check(capsys: pytest.CaptureFixture[str]) -> None:
+    script = load_script("sync_check")
+    for argv, said in (
+        (["--jobs", "classification,tracking"], "--jobs tracking: choose from classification, segmentation"),
+        (["--steps", "0"], "--steps: at least 1"),
+        ([], "a CUDA GPU is needed (--device cpu: a dry run"),  # the tests hide any GPU
+    ):
+        with pytest.raises(SystemExit):
+            script.main(argv)
         assert said in capsys.readouterr().err
