@@ -243,16 +243,17 @@ def test_selecting_by_auroc_without_anomalies_in_validation_is_refused(tmp_path:
 
 def test_pixel_auroc_counts_what_torchmetrics_counts() -> None:
     """The one-pass count gives torchmetrics' own confusion counts and AUROC: over batches larger and smaller
-    than the 50,000 scores where torchmetrics changes method, with ignored pixels and scores exactly on a
-    threshold (which reach it)."""
+    than the 50,000 scores where torchmetrics changes method, with ignored pixels, scores exactly on a
+    threshold (which reach it) and NaN scores (which reach none)."""
     generator = torch.Generator().manual_seed(0)
     maps = torch.rand(4, 160, 160, generator=generator) ** 4  # squared errors crowd near 0
     masks = (torch.rand(4, 160, 160, generator=generator) > 0.9).long()
     masks[0, :8] = IGNORE_INDEX
     maps[1, :4] = PIXEL_THRESHOLDS[200]
-    maps[2, 0], maps[2, 1] = 0.0, 1.0
+    maps[2, 0], maps[2, 1], maps[2, 2, :3] = 0.0, 1.0, torch.nan
     ours = BinnedAUROC(PIXEL_THRESHOLDS, ignore_index=IGNORE_INDEX)
-    reference = BinaryAUROC(thresholds=PIXEL_THRESHOLDS, ignore_index=IGNORE_INDEX)
+    # no sigmoid on either side: torchmetrics would apply one to a batch holding a NaN or a value above 1
+    reference = BinaryAUROC(thresholds=PIXEL_THRESHOLDS, ignore_index=IGNORE_INDEX, normalization=None)
     for batch in ((maps[:3], masks[:3]), (maps[3:], masks[3:])):  # 76,800 scores, then 25,600
         ours.update(*batch)
         reference.update(*batch)

@@ -61,8 +61,9 @@ class BinnedAUROC(BinaryAUROC):
             kept = target != self.ignore_index
             preds, target = preds[kept], target[kept]
         count = len(thresholds)
-        # how many thresholds each score reaches (thresholds ascend): score >= thresholds[i] for i below it
-        reached = torch.bucketize(preds, thresholds, right=True)
+        # how many thresholds each score reaches (thresholds ascend): score >= thresholds[i] for i below it;
+        # a NaN reaches none, as torchmetrics' comparisons count it
+        reached = torch.bucketize(preds.nan_to_num(nan=-torch.inf), thresholds, right=True)
         positive = (target == 1).long()  # torchmetrics' own rule: 1 is a positive, any other value a negative
         # one count over (bin, kind): row 0 the negatives per bin, row 1 the positives
         per_bin = torch.bincount(reached * 2 + positive, minlength=2 * (count + 1)).view(count + 1, 2).T
