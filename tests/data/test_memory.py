@@ -300,3 +300,22 @@ def test_default_workers_raise_no_warning_on_a_two_core_machine(
         images, _ = next(iter(dm.train_dataloader()))
     assert images.shape == (4, 3, 16, 16)
     assert not [w for w in caught if "worker" in str(w.message)], [str(w.message) for w in caught]
+
+
+def test_a_spec_handed_over_by_instantiate_is_still_the_tasks(make_cfg) -> None:
+    """hydra.utils.instantiate(cfg.data, spec=...) turns the spec into a config, whose keys() are its field
+    names: read as such, the in-memory splits would hold no labels."""
+    from hydra.utils import instantiate
+
+    from cnnlab.data.base import as_spec
+    from cnnlab.tasks.classification import ClassificationTask
+
+    datamodule = instantiate(make_cfg().data, spec=ClassificationTask.samples)
+    assert datamodule.spec == ClassificationTask.samples
+    datamodule.setup("fit")
+    images, labels = next(iter(datamodule.train_dataloader()))
+    assert labels.dtype == torch.int64 and labels.shape == (len(images),) and int(labels.max()) <= 9
+    with pytest.raises(
+        TypeError, match="spec: needz are no fields of a SampleSpec \\(collate, eval_geometry"
+    ):
+        as_spec({"needz": ["label"]})

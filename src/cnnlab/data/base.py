@@ -86,6 +86,21 @@ class EpochSampler(Sampler[int]):
         return self.length
 
 
+def as_spec(fields: Any) -> SampleSpec:
+    """A ``SampleSpec`` from a mapping of its fields (the config ``instantiate`` makes of one)."""
+    known = {"needs", "wants", "eval_geometry", "normalize", "collate"}
+    given = dict(fields.items())
+    unknown = sorted(set(given) - known)
+    if unknown:
+        raise TypeError(
+            f"spec: {', '.join(unknown)} are no fields of a SampleSpec ({', '.join(sorted(known))})"
+        )
+    for key in ("needs", "wants"):
+        if key in given:
+            given[key] = tuple(given[key])
+    return SampleSpec(**given)
+
+
 class ImageDataModule(L.LightningDataModule):
     """Shared behaviour of the datamodules; subclasses implement ``load_split``."""
 
@@ -139,7 +154,9 @@ class ImageDataModule(L.LightningDataModule):
         self._served: dict[str, Dataset] = {}
         self.val_fraction, self.seed = val_fraction, seed
         self.augmentation = augmentation or T.none
-        self.spec = spec
+        # hydra.utils.instantiate(cfg.data, spec=task.samples) hands the spec over as a config (a mapping of
+        # its fields), whose keys() are the field names: taken back as the task's spec
+        self.spec = spec if isinstance(spec, SampleSpec) else as_spec(spec)
         self.normal_classes = self._check_normal_classes(normal_classes)
         if not 0.0 <= val_anomalies < 1.0 or (val_anomalies and normal_classes is None):
             raise ValueError(
