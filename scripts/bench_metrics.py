@@ -9,13 +9,15 @@
         [--updates 20] [--device cpu]
 
 Each side updates on the same values (10% of the pixels ignored); the best of 3 rounds of ``--updates``
-updates is printed per size, with whether the sides give the same values.
+updates is printed per size, with whether the sides give the same values and, on a GPU, how many times one
+update of each side made the host wait for the device (``torch.cuda.set_sync_debug_mode``).
 """
 
 from __future__ import annotations
 
 import argparse
 import time
+import warnings
 from collections.abc import Callable
 
 import torch
@@ -60,6 +62,24 @@ def seconds_per_update(
         sync()
         best = min(best, (time.perf_counter() - start) / updates)
     return best
+
+
+#: what PyTorch's warning says of a call that makes the host wait for the GPU
+SYNC_WARNING = "called a synchronizing CUDA operation"
+
+
+def host_waits(make: Callable[[], MetricCollection], preds: torch.Tensor, mask: torch.Tensor) -> int:
+    """How many calls of one update (after a first) made the host wait for the GPU."""
+    metrics = make().to(preds.device)
+    metrics.update(preds, mask)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            metrics.update(preds, mask)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    return sum(SYNC_WARNING in str(w.message) for w in caught)
 
 
 def sides_and_values(
@@ -120,7 +140,11 @@ def main() -> None:
         theirs.update(preds, mask)
         ours.update(preds, mask)
         shown = ", ".join(f"{name} {seconds * 1e3:.2f} ms" for name, seconds in times.items())
-        print(f"{size} px: {shown}; same values: {same_values(theirs, ours)}")
+        line = f"{size} px: {shown}; same values: {same_values(theirs, ours)}"
+        if preds.is_cuda:
+            waits = ", ".join(f"{name} {host_waits(make, preds, mask)}" for name, make in sides.items())
+            line += f"; host waits in an update: {waits}"
+        print(line)
 
 
 if __name__ == "__main__":

@@ -35,6 +35,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 sys.path.insert(0, str(ROOT / "src"))
 
 import bench  # noqa: E402  (the bench's compose: the same configs as train.py)
+from bench_metrics import SYNC_WARNING  # noqa: E402
 
 #: the overrides of each job: a task's recipe, small enough for a minute on a GPU
 JOBS: dict[str, list[str]] = {
@@ -43,8 +44,6 @@ JOBS: dict[str, list[str]] = {
     "detection": ["experiment=det_shapes", "data.train_size=256"],
     "anomaly": ["experiment=ae_anomaly_digits"],
 }
-#: what PyTorch's warning says of a synchronising call
-SYNC_WARNING = "called a synchronizing CUDA operation"
 
 
 class SyncWatch(L.Callback):

@@ -171,3 +171,24 @@ def test_the_sync_check_refuses_what_it_cannot_check(capsys: pytest.CaptureFixtu
         with pytest.raises(SystemExit):
             script.main(argv)
         assert said in capsys.readouterr().err
+
+
+def test_the_metrics_bench_counts_the_host_waits_of_one_update(monkeypatch: pytest.MonkeyPatch) -> None:
+    script = load_script("bench_metrics")
+    modes = ["default"]
+    monkeypatch.setattr(torch.cuda, "set_sync_debug_mode", modes.append)
+
+    class Waiting:
+        """A metric whose update makes the host wait twice while the debug mode warns."""
+
+        def to(self, device: object) -> Waiting:
+            return self
+
+        def update(self, preds: torch.Tensor, mask: torch.Tensor) -> None:
+            if modes[-1] == "warn":
+                for _ in range(2):
+                    warnings.warn(f"{script.SYNC_WARNING} (a test)", UserWarning, stacklevel=1)
+
+    values = torch.zeros(1, 2, 2)
+    assert script.host_waits(Waiting, values, values) == 2
+    assert modes == ["default", "warn", "default"]  # on around the second update only, then off again
