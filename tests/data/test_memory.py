@@ -201,60 +201,57 @@ def test_sixteen_bit_photos_stay_on_the_dataloader_path(
         ImageFolderDataModule(**options, decoded_cache="true").setup("fit")  # type: ignore[arg-type]
 
 
-def test_each_process_of_a_ddp_run_takes_its_share_of_the_order() -> None:
-    data = memory.Decoded(torch.arange(10, dtype=torch.uint8).view(10, 1, 1, 1), {"label": torch.arange(10)})
+def shares(
+    images: int, world: int, batch: int = 5, sampler: object = None
+) -> tuple[list[int], list[list[int]]]:
+    """What each of ``world`` DDP processes takes of ``images`` images numbered 0, 1, ... (its label) in
+    batches of ``batch``, in ``sampler``'s order (else unshuffled): its loader's length and the labels of its
+    epoch."""
+    data = memory.Decoded(
+        torch.arange(images, dtype=torch.uint8).view(images, 1, 1, 1), {"label": torch.arange(images)}
+    )
     identity = memory.BatchTransform(T.none, 1, 1, None, None, "crop", train=False)
+    lengths, seen = [], []
+    for rank in range(world):
+        loader = memory.MemoryLoader(
+            data,
+            batch,
+            identity,
+            memory.label_collate,
+            lambda: torch.device("cpu"),
+            sampler,
+            shard=lambda r=rank: (r, world),
+        )
+        lengths.append(len(loader))
+        seen.append([int(v) for _, labels in loader for v in labels])
+    return lengths, seen
 
+
+def test_each_process_of_a_ddp_run_takes_its_share_of_the_order() -> None:
     class Order:
         epoch, seed = 0, 0
 
         def __iter__(self):
             return iter([9, 8, 7, 6, 5, 4, 3, 2, 1, 0])
 
-    def labels(rank: int) -> list[int]:
-        loader = memory.MemoryLoader(
-            data,
-            2,
-            identity,
-            memory.label_collate,
-            lambda: torch.device("cpu"),
-            Order(),
-            shard=lambda: (rank, 2),
-        )
-        assert len(loader) == 3
-        return [int(v) for _, batch in loader for v in batch]
-
-    assert labels(0) == [9, 7, 5, 3, 1] and labels(1) == [8, 6, 4, 2, 0]
+    lengths, seen = shares(images=10, world=2, batch=2, sampler=Order())
+    assert lengths == [3, 3] and seen == [[9, 7, 5, 3, 1], [8, 6, 4, 2, 0]]
 
 
 def test_ddp_processes_take_as_many_steps_when_the_set_does_not_divide() -> None:
     """21 images on 2 processes in batches of 5: shares of 11 and 10 would be 3 and 2 batches, and each DDP
     step waits for every process, so the first would wait for ever at its third. Each takes 11, as
     DistributedSampler pads: the first image of the order fills the last place."""
-    data = memory.Decoded(torch.arange(21, dtype=torch.uint8).view(21, 1, 1, 1), {"label": torch.arange(21)})
-    identity = memory.BatchTransform(T.none, 1, 1, None, None, "crop", train=False)
-    seen = []
-    for rank in range(2):
-        loader = memory.MemoryLoader(
-            data, 5, identity, memory.label_collate, lambda: torch.device("cpu"), shard=lambda r=rank: (r, 2)
-        )
-        assert len(loader) == 3
-        seen.append([int(v) for _, batch in loader for v in batch])
+    lengths, seen = shares(images=21, world=2)
+    assert lengths == [3, 3]
     assert seen[0] == list(range(0, 21, 2)) and seen[1] == [*range(1, 21, 2), 0]
 
 
 def test_every_ddp_process_gets_a_share_of_a_set_smaller_than_their_count() -> None:
     """2 images on 5 processes: each still takes one (the order repeated, as DistributedSampler does), so no
     process has an empty epoch while the others wait for it at a step."""
-    data = memory.Decoded(torch.arange(2, dtype=torch.uint8).view(2, 1, 1, 1), {"label": torch.arange(2)})
-    identity = memory.BatchTransform(T.none, 1, 1, None, None, "crop", train=False)
-    seen = []
-    for rank in range(5):
-        loader = memory.MemoryLoader(
-            data, 5, identity, memory.label_collate, lambda: torch.device("cpu"), shard=lambda r=rank: (r, 5)
-        )
-        assert len(loader) == 1
-        seen.append([int(v) for _, batch in loader for v in batch])
+    lengths, seen = shares(images=2, world=5)
+    assert lengths == [1] * 5
     assert seen == [[0], [1], [0], [1], [0]]
 
 
