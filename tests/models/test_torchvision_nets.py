@@ -83,7 +83,7 @@ def small_model(name: str, in_channels: int) -> Classifier:
 
 @pytest.fixture(autouse=True, scope="module")
 def free_the_small_models() -> Iterator[None]:
-    """The cached models (VGG's among them: 2 GB in all) are freed when this module's tests are done."""
+    """The cached models are freed when this module's tests are done."""
     yield
     small_model.cache_clear()
 
@@ -152,6 +152,27 @@ def test_stages_then_head_is_torchvisions_forward(name: str, monkeypatch: pytest
     # every other tensor of torchvision's network found its place in the stages or the head
     last_name = next(n for n, m in reference.named_modules() if m is last)
     assert set(model.weights_report.left_out) == {f"{last_name}.weight", f"{last_name}.bias"}
+
+
+@pytest.mark.parametrize(("name", "arch"), [("VGG", "vgg11_bn"), ("AlexNet", "alexnet")])
+def test_small_input_features_start_as_torchvisions_do(name: str, arch: str) -> None:
+    # the classifier a small input never uses is not built; the features it keeps are initialised as
+    # torchvision initialises them, batch norm's running statistics included
+    model = CASES[name].cls(num_classes=NUM_CLASSES, in_channels=3, **CASES[name].small)  # untrained
+    reference = getattr(tvm, arch)(weights=None)
+    layers = (nn.Conv2d, nn.BatchNorm2d)
+    ours = [m for stage in model.stages for m in stage.modules() if isinstance(m, layers)]
+    theirs = [m for m in reference.features.modules() if isinstance(m, layers)]
+    assert [type(m) for m in ours] == [type(m) for m in theirs]
+    for mine, torchvisions in list(zip(ours, theirs, strict=True))[1:]:  # the first takes other inputs
+        assert not any(t.is_meta for t in [*mine.parameters(), *mine.buffers()])
+        if isinstance(mine, nn.Conv2d):
+            assert mine.weight.std().item() == pytest.approx(torchvisions.weight.std().item(), rel=0.1)
+            assert mine.weight.abs().max() <= 1.5 * torchvisions.weight.abs().max()  # uniform stays uniform
+            assert bool((mine.bias == 0).all()) == bool((torchvisions.bias == 0).all())
+        else:
+            for key, value in torchvisions.state_dict().items():
+                torch.testing.assert_close(mine.state_dict()[key], value)
 
 
 def test_inception_v3_refuses_small_images() -> None:

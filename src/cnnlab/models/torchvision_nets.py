@@ -11,9 +11,11 @@ keeps the first kernel (and so its pretrained filters) and drops only its stride
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import torch
 from torch import Tensor, nn
 from torchvision import models as tvm
 
@@ -48,6 +50,30 @@ def adapt_first_conv(conv: nn.Conv2d, in_channels: int, **overrides: object) -> 
         if conv.bias is not None:
             new.bias.data.copy_(conv.bias.detach())
     return new
+
+
+def without_classifier(build: Callable[[], nn.Module], init: Callable[[nn.Module], None]) -> nn.Module:
+    """torchvision's network from ``build()`` with only its ``features`` in memory, initialised by ``init``.
+
+    A small-input model replaces the classifier of VGG and AlexNet (120M and 58M parameters, most of each
+    network) by a small head: built on the meta device, it takes neither memory nor the second that
+    initialising it costs. Tensor names still say where pretrained weights belong.
+    """
+    with torch.device("meta"):
+        net = build()
+    net.features.to_empty(device="cpu")
+    init(net.features)
+    for m in net.features.modules():  # to_empty leaves buffers as they were in memory
+        if isinstance(m, nn.BatchNorm2d):
+            m.reset_running_stats()
+    return net
+
+
+def reset_each(module: nn.Module) -> None:
+    """PyTorch's default initialisation of every layer (torchvision's AlexNet keeps it)."""
+    for m in module.modules():
+        if hasattr(m, "reset_parameters"):
+            m.reset_parameters()
 
 
 def replace_first_conv(net: nn.Module, name: str, in_channels: int, **overrides: object) -> nn.Conv2d:
@@ -125,7 +151,9 @@ class VGG(Classifier):
         if depth not in (11, 13, 16, 19):
             raise ValueError(f"model.depth={depth} is not a VGG depth; choose 11, 13, 16 or 19")
         arch = f"vgg{depth}{'_bn' if batch_norm else ''}"
-        net = getattr(tvm, arch)(weights=None, dropout=head_dropout)
+        build = functools.partial(getattr(tvm, arch), weights=None, dropout=head_dropout)
+        # torchvision's VGG initialisation is cnnlab's kaiming scheme (convolutions fan-out, batch norm 1, 0)
+        net = without_classifier(build, lambda m: init_weights(m, "kaiming")) if small_input else build()
         replace_first_conv(net, "features.0", in_channels)
         stages, block, side = [], [], image_size
         for layer in net.features:
@@ -161,7 +189,8 @@ class AlexNet(Classifier):
         head_dropout: float = 0.5,
         init: str = "default",
     ) -> None:
-        net = tvm.alexnet(weights=None, dropout=head_dropout)
+        build = functools.partial(tvm.alexnet, weights=None, dropout=head_dropout)
+        net = without_classifier(build, reset_each) if small_input else build()
         # small images: the 11x11 filters at stride 1 (not 4), so three poolings leave 3x3 of a 32 px image
         replace_first_conv(
             net, "features.0", in_channels, **({"stride": (1, 1), "padding": (5, 5)} if small_input else {})
