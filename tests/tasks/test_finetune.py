@@ -26,6 +26,7 @@ def landmarks_cfg(make_cfg, tmp_path: Path):
         cfg = make_cfg("model=resnet", "data=landmarks", "data.num_classes=4", *SMALL, *overrides)
         with open_dict(cfg):
             cfg.callbacks = {}
+            cfg.trainer.enable_checkpointing = False  # else Lightning's own writes ResNet-18 every epoch
         return cfg
 
     return _make
@@ -136,6 +137,7 @@ def test_gradual_run_resumed_after_an_unfreeze_matches_an_uninterrupted_one(
     straight = landmarks_cfg(*common)
     with open_dict(straight):
         straight.paths.output_dir = str(tmp_path / "straight")
+        straight.trainer.enable_checkpointing = True
         straight.callbacks = {
             "last": {
                 "_target_": "lightning.pytorch.callbacks.ModelCheckpoint",
