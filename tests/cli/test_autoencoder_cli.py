@@ -55,17 +55,17 @@ def test_predict_sorts_a_folder_by_score_and_flags_the_anomalies(anomaly_run: Pa
         np.testing.assert_allclose(pixels, (error.clamp(0, 1).sqrt() * 255).numpy(), atol=1.0)
 
 
-def test_predict_with_a_threshold_of_ones_own(anomaly_run: Path, tmp_path: Path) -> None:
+def test_predict_with_a_threshold_of_ones_own(
+    anomaly_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from cnnlab.predict import main as predict
+
     images = write_digits(tmp_path / "digits", {0: 1, 7: 1})
-    proc = run(
-        "-m",
-        "cnnlab.predict",
-        str(anomaly_run / "export"),
-        *map(str, images),
-        "--threshold",
-        "0",
-    )
-    assert proc.stdout.count("ANOMALOUS") == 2 and "threshold 0.000000 (given): 2 of 2" in proc.stdout
+    with pytest.raises(SystemExit) as exit_code:
+        predict([str(anomaly_run / "export"), *map(str, images), "--threshold", "0"])
+    out = capsys.readouterr().out
+    assert exit_code.value.code == 0
+    assert out.count("ANOMALOUS") == 2 and "threshold 0.000000 (given): 2 of 2" in out
 
 
 @pytest.mark.slow

@@ -29,7 +29,6 @@ from cnnlab.tasks.anomaly import PIXEL_THRESHOLDS, AnomalyTask, BinnedAUROC, bes
 
 from .test_autoencoder import (
     ADAM,
-    ALL_FORMATS,
     FORMAT_FILES,
     assert_same_records,
     predicted,
@@ -43,11 +42,10 @@ ZEROS_ONLY = ("data.normal_classes=[0]", "data.val_anomalies=0", "optimized_metr
 
 
 @pytest.fixture(scope="module")
-def detected(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
-    """The ae_anomaly_digits recipe with zeros as the normal class and validation of zeros only, 8 epochs;
-    exported in every format."""
-    out = tmp_path_factory.mktemp("anomaly")
-    return out, run(out, "experiment=ae_anomaly_digits", *ZEROS_ONLY, "trainer.max_epochs=8", ALL_FORMATS)
+def detected(anomaly_run: Path) -> tuple[Path, dict]:
+    """The run folder of tests/conftest.py's anomaly_run (zeros normal, eight epochs, every format) and the
+    record ``train`` returned."""
+    return anomaly_run, json.loads((anomaly_run.parent / "record.json").read_text())
 
 
 def digit_batch(count: int = 64) -> tuple[torch.Tensor, dict]:
