@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from typing import Any
 
@@ -11,6 +12,7 @@ from omegaconf import open_dict
 from torch import nn
 from torchvision.transforms import v2
 
+import cnnlab.train
 from cnnlab import CONF_DIR
 from cnnlab.train import build, train
 
@@ -161,7 +163,7 @@ def test_every_recipe_has_its_lesson_checked() -> None:
 
 @pytest.mark.parametrize("recipe", RECIPES)
 def test_recipe_builds_its_lesson_and_trains_a_batch(
-    make_cfg, fit_small_files, fake_cifar_accepted, recipe: str
+    make_cfg, fit_small_files, fake_cifar_accepted, recipe: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     cfg = make_cfg(
         f"experiment={recipe}", "debug=fdr", "logger=none", "data.batch_size=2", "task.figures=false"
@@ -172,12 +174,14 @@ def test_recipe_builds_its_lesson_and_trains_a_batch(
             cfg.data.image_size = 64  # photos of a few dozen pixels here
         if recipe == "ae_anomaly_digits":
             cfg.data.batch_size = 64  # the one validation batch holds all of it, the anomalies at its end too
-    datamodule, task = build(cfg)
-    datamodule.setup("fit")
-    assert LESSONS[recipe](cfg, datamodule, task)
+    lesson = copy.deepcopy(cfg)
     with open_dict(cfg):
         cfg.compile = False  # torch.compile takes a minute on a CPU; tests/pipeline/test_speed.py runs it
+    built: list[tuple[Any, Any]] = []  # what the run itself builds, looked at once it has trained
+    monkeypatch.setattr(cnnlab.train, "build", lambda c: built.append(build(c)) or built[-1])
     record = train(cfg)
+    ((datamodule, task),) = built
+    assert LESSONS[recipe](lesson, datamodule, task)
     # the test split's form of what the recipe optimises, e.g. test/miou for val/miou
     tested = "test/" + cfg.optimized_metric.split("/", 1)[1]
     assert record["test/loss"] is not None and record[tested] is not None
