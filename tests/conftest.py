@@ -1,4 +1,7 @@
-"""Shared fixtures: compose the real Hydra configs, as a user's command line would."""
+"""Shared fixtures: compose the real Hydra configs, as a user's command line would.
+
+torch, torchvision and Hydra are imported where they are used: make test's controlling process loads this
+file too, and only the test processes need them."""
 
 from __future__ import annotations
 
@@ -7,21 +10,21 @@ import os
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
-import torch
-import torchvision.datasets.cifar
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-from omegaconf import DictConfig, open_dict
 from once import built_once
-from torchvision.datasets.utils import check_integrity
 
 from cnnlab import CONF_DIR
+
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
 
 # every test runs on the CPU, also where a GPU is present
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 if os.environ.get("PYTEST_XDIST_WORKER"):
+    import torch
+
     # one thread per test process: `-n 2` on two cores with torch's two threads each oversubscribes the cores,
     # and OpenMP's waiting threads then make small models several times slower; the variable reaches the
     # train.py subprocesses some tests start
@@ -88,6 +91,9 @@ def anomaly_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def make_cfg(tmp_path: Path) -> Callable[..., DictConfig]:
     """Compose conf/train.yaml with overrides; the run writes to tmp_path, quietly, on the CPU."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from omegaconf import open_dict
 
     def _make(*overrides: str, config_name: str = "train") -> DictConfig:
         GlobalHydra.instance().clear()
@@ -118,6 +124,9 @@ def fake_cifar_accepted(monkeypatch: pytest.MonkeyPatch) -> None:
     torchvision's own dataset tests (test/datasets_utils.py, ``_patch_checks``) patch ``check_integrity`` in
     the dataset's module for fake data; we do the same, but keep the check that each file exists.
     """
+    import torchvision.datasets.cifar
+    from torchvision.datasets.utils import check_integrity
+
     monkeypatch.setattr(
         torchvision.datasets.cifar, "check_integrity", lambda fpath, md5=None: check_integrity(fpath)
     )
