@@ -9,6 +9,6 @@ import pytest
 
 @pytest.fixture(scope="session")
 def classifier_export(cli_run: Path) -> Path:
-    """The default classifier (simple_cnn on digits, 10 classes) after two epochs, exported in every format;
+    """The default classifier (simple_cnn on digits, 10 classes) after four epochs, exported in every format;
     the app serves the .pt2 of them (tests/conftest.py trains it once per test run)."""
     return cli_run / "export"
