@@ -230,7 +230,7 @@ def test_predictions_are_answered_side_by_side(client: TestClient, digit: Path) 
 
 @pytest.fixture(scope="module")
 def anomaly_client(anomaly_run: Path) -> Iterator[TestClient]:
-    """The app on the autoencoder command-line tests' anomaly run (tests/conftest.py)."""
+    """The app on the shared anomaly run of tests/conftest.py (zeros normal)."""
     with TestClient(create_app(runtime.load(anomaly_run / "export"))) as test_client:
         yield test_client
 

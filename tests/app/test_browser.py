@@ -54,7 +54,7 @@ SEND = """([how, name, data]) => {
 
 @pytest.fixture(scope="module")
 def app_url(classifier_export: Path) -> Iterator[str]:
-    """The app serving the default classifier (four epochs; tests/app/conftest.py), in a process of its own."""
+    """The app serving the default classifier (tests/app/conftest.py), in a process of its own."""
     with serving(str(classifier_export)) as (url, _):
         yield url
 

@@ -178,7 +178,12 @@ def test_recipe_builds_its_lesson_and_trains_a_batch(
     with open_dict(cfg):
         cfg.compile = False  # torch.compile takes a minute on a CPU; tests/pipeline/test_speed.py runs it
     built: list[tuple[Any, Any]] = []  # what the run itself builds, looked at once it has trained
-    monkeypatch.setattr(cnnlab.train, "build", lambda c: built.append(build(c)) or built[-1])
+
+    def build_and_keep(run_cfg):
+        built.append(build(run_cfg))
+        return built[-1]
+
+    monkeypatch.setattr(cnnlab.train, "build", build_and_keep)
     record = train(cfg)
     ((datamodule, task),) = built
     assert LESSONS[recipe](lesson, datamodule, task)

@@ -11,6 +11,7 @@ fits (``cnnlab.data.memory``), else DataLoaders over the files, decoded once whe
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -88,7 +89,7 @@ class EpochSampler(Sampler[int]):
 
 def as_spec(fields: Any) -> SampleSpec:
     """A ``SampleSpec`` from a mapping of its fields (the config ``instantiate`` makes of one)."""
-    known = {"needs", "wants", "eval_geometry", "normalize", "collate"}
+    known = {f.name for f in dataclasses.fields(SampleSpec)}
     given = dict(fields.items())
     unknown = sorted(set(given) - known)
     if unknown:
